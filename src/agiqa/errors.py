@@ -1,0 +1,18 @@
+"""Errors the CLI reports as a message rather than a stack trace."""
+
+
+class AgiqaError(Exception):
+    """Base class: a problem with the user's input that the message fully explains."""
+
+
+class DatasetValidationError(AgiqaError, ValueError):
+    """A label file or dataset root fails validation; the message lists every offending row/file."""
+
+
+class ImageLoadError(AgiqaError, OSError):
+    """An image file is missing, unreadable or corrupt; `path` names it."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

@@ -1,0 +1,46 @@
+"""`create_model`: build any registered model by name, optionally with weights."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from torch import nn
+
+from agiqa.models._builder import load_pretrained
+from agiqa.models._registry import get_pretrained_cfg, model_entrypoint, split_model_name_tag
+
+_logger = logging.getLogger(__name__)
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool | str | os.PathLike = False,
+    pretrained_cfg_overlay: dict | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    cache_dir: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Create a model by registry name (`"maniqa"`, `"ma-agiqa"`, `"maniqa.koniq10k"` ...).
+
+    Args:
+        model_name: architecture name, optionally with a weights tag after a dot.
+        pretrained: False for random init, True for the tag's registered weights, or a path / Hub id of weights
+            (a `.safetensors` file, an official `.pt/.pth` checkpoint, or a `save_pretrained` directory).
+        pretrained_cfg_overlay: fields overriding the registered cfg, e.g. `dict(file="/ckpt/maniqa.pth")`.
+        checkpoint_path: our own weights loaded after the model is built (strict).
+        **kwargs: model config overrides; None values are dropped.
+    """
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    arch, _ = split_model_name_tag(model_name)
+    entrypoint = model_entrypoint(model_name)
+    pretrained_cfg = get_pretrained_cfg(model_name)
+    if pretrained_cfg is not None and pretrained_cfg_overlay:
+        pretrained_cfg = dataclasses.replace(pretrained_cfg, **pretrained_cfg_overlay)
+    model = entrypoint(pretrained=pretrained, pretrained_cfg=pretrained_cfg, cache_dir=cache_dir, **kwargs)
+    model.pretrained_cfg = pretrained_cfg
+    if checkpoint_path:
+        load_pretrained(model, checkpoint_path)
+    source = pretrained if pretrained is not True else (pretrained_cfg.tag if pretrained_cfg else None)
+    _logger.info("Created %s (weights: %s)", model_name, source or "random init")
+    return model

@@ -1,0 +1,1 @@
+"""MA-AGIQA (placeholder until the model lands)."""

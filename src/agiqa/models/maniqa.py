@@ -1,0 +1,1 @@
+"""MANIQA (placeholder until the model lands)."""
