@@ -133,7 +133,7 @@ def load_dataset(
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise DatasetValidationError(f"{spec.label_path}: {len(problems)} problem(s):\n{listing}")
     if spec.expected_rows is not None and len(table) != spec.expected_rows:
-        logger.warning("%s has %d rows; the official file has %d", spec.label_path, len(table), spec.expected_rows)
+        logger.debug("%s has %d rows; the official file has %d", spec.label_path, len(table), spec.expected_rows)
     frame = _build_frame(table, spec, side)
     frame.attrs.update(dataset=spec.dataset, target=spec.target, root=str(spec.root))
     return frame
