@@ -137,6 +137,10 @@ class HFVLMEncoder(SemanticEncoder):
                 f"{-(self.num_layers + 1)}..{self.num_layers})"
             )
 
+        if self.pooling == "image" and self.image_first and self.template is None and len(self.prompts) > 1:
+            logger.warning("pooling 'image' with the image before the question: under causal attention the image "
+                           "tokens cannot see the question, so every question gives the same vector "
+                           "(use image_first=False to let them differ)")
         self.model = model.to(device=self.device, dtype=torch_dtype(self.precision)).eval().requires_grad_(False)
         inner = getattr(model, "model", None)
         # The base model (no LM head) returns hidden states without computing B*P*L*vocab logits.

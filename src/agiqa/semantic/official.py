@@ -60,9 +60,10 @@ def import_official_features(
     image_root: str | os.PathLike,
     overwrite: bool = False,
     shard_size: int = 1024,
+    image_paths: Sequence[str] | None = None,
 ) -> ExtractionReport:
     """Copy official `<stem>_semantic_content.pt` / `<stem>_coherence.pt` files into a cache keyed by the content
-    hash of `image_root/<name>`. Images or feature files that are missing/unreadable are reported, not fatal."""
+    hash of `image_root/<name>` (or of `image_paths`, aligned with the names). Images or feature files that are missing/unreadable are reported, not fatal."""
     start = time.perf_counter()
     report = ExtractionReport(cache_dir=str(cache_dir), total=len(image_names))
     cache: FeatureCache | None = None
@@ -75,8 +76,10 @@ def import_official_features(
             cache.write_shard(keys, names, torch.stack(feats))
             keys.clear(), names.clear(), feats.clear()
 
+    if image_paths is not None and len(image_paths) != len(image_names):
+        raise ValueError(f"{len(image_names)} names but {len(image_paths)} image paths")
     try:
-        for name in image_names:
+        for i, name in enumerate(image_names):
             try:
                 vectors = [_load_vector(p) for p in official_feature_paths(feature_dir, name)]
             except FileNotFoundError as err:
@@ -92,7 +95,8 @@ def import_official_features(
                 cache = FeatureCache.create_or_open(cache_dir, official_fingerprint(int(vectors[0].numel())),
                                                     overwrite=overwrite)
             try:
-                key = cache.content_hash(os.path.join(str(image_root), name))
+                path = image_paths[i] if image_paths is not None else os.path.join(str(image_root), name)
+                key = cache.content_hash(path)
             except OSError as err:
                 report.failed.append((name, f"image not readable for hashing ({err.strerror or err})"))
                 continue
