@@ -1,0 +1,135 @@
+"""`agiqa train`, `agiqa evaluate`, `agiqa reproduce`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_reproduce(subparsers)
+
+
+def _register_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model from a YAML experiment config, then test its best epoch",
+        description="Train with Lightning from a YAML config (see configs/), choose the best epoch by validation "
+        "SRCC+PLCC, test it and write predictions, metrics, report and plot to the output directory.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="experiment YAML, e.g. configs/ma_agiqa/agiqa3k.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.root=/data/AGIQA-3K --set trainer.max_epochs=5")
+    parser.add_argument("--out", help="output directory (overrides output_dir in the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    parser.add_argument("--official-quirks", action="store_true",
+                        help="evaluate as the released code does (drop_last on val/test, shuffled test)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(func=_train)
+
+
+def load_config(args):
+    from agiqa.training.config import TrainConfig
+
+    config = TrainConfig.from_yaml(args.config, args.overrides)
+    if getattr(args, "out", None):
+        config.output_dir = args.out
+    if getattr(args, "official_quirks", False):
+        config.official_quirks = True
+    return config
+
+
+def _train(args) -> int:
+    import yaml
+
+    config = load_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    from agiqa.training.run import train
+
+    metrics = train(config, resume=args.resume)
+    if metrics:
+        _print_overall(metrics, config.output_dir)
+    return 0
+
+
+def _print_overall(metrics: dict, out_dir) -> None:
+    overall = metrics["overall"]
+    values = "  ".join(f"{key.upper()} {_fmt(overall.get(key))}" for key in ("srcc", "plcc", "krcc", "rmse"))
+    print(f"test ({overall.get('n')} images): {values}")
+    print(f"results in {out_dir}")
+
+
+def _fmt(value) -> str:
+    return "nan" if value is None else f"{value:.4f}"
+
+
+def _register_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a dataset split with a trained model and report metrics",
+        description="Evaluate a trained model directory (a run's model/ folder or any save_pretrained output) on a "
+        "dataset: metrics raw and after the logistic fit, per-generator breakdown, predictions CSV, plot.",
+    )
+    parser.add_argument("model_dir", help="directory with config.json + model.safetensors")
+    parser.add_argument("--dataset", required=True, help="dataset name (agiqa datasets list) or 'csv'")
+    parser.add_argument("--root", required=True, help="dataset root directory")
+    parser.add_argument("--target", help="MOS column to evaluate against (dataset default if omitted)")
+    parser.add_argument("--csv", help="label file for --dataset csv")
+    parser.add_argument("--image-col")
+    parser.add_argument("--score-col")
+    parser.add_argument("--prompt-col")
+    parser.add_argument("--subset", choices=("test", "all"), default="test",
+                        help="'test': the split's test part; 'all': every row (cross-dataset)")
+    parser.add_argument("--split-method", default="official")
+    parser.add_argument("--split-seed", type=int, default=20)
+    parser.add_argument("--split-file", help="split JSON written by a training run (split.json)")
+    parser.add_argument("--features", help="semantic feature cache for MA-AGIQA models")
+    parser.add_argument("--encoder", help="VLM id/path to extract missing semantic features")
+    parser.add_argument("--image-size", type=int, help="input size (defaults to the model's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from agiqa.training.config import DataSection, FeatureSection
+    from agiqa.training.run import evaluate, model_image_size
+
+    data = DataSection(dataset=args.dataset, root=args.root, target=args.target, csv=args.csv,
+                       image_col=args.image_col, score_col=args.score_col, prompt_col=args.prompt_col,
+                       split_method=args.split_method, split_seed=args.split_seed, split_file=args.split_file,
+                       image_size=args.image_size or model_image_size(args.model_dir),
+                       features=FeatureSection(cache=args.features, encoder=args.encoder))
+    metrics = evaluate(args.model_dir, data, args.out, subset="all" if args.subset == "all" else "split",
+                       device=args.device, precision=args.precision)
+    _print_overall(metrics, args.out)
+    return 0
+
+
+def _register_reproduce(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="train+test a paper experiment over several seeds; table next to the paper's numbers",
+        description="Run a paper experiment (configs/<model>/<dataset>.yaml) for N seeds (split and training seed "
+        "both vary; seed 20 first, the official one) and write a markdown table with mean ± std next to the paper.",
+    )
+    parser.add_argument("model", help="ma-agiqa or maniqa")
+    parser.add_argument("--dataset", required=True, help="agiqa3k or aigiqa20k")
+    parser.add_argument("--root", required=True, help="dataset root")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds")
+    parser.add_argument("--configs-dir", default="configs", help="where the experiment YAMLs are")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True, help="output directory (one sub-folder per seed)")
+    parser.set_defaults(func=_reproduce)
+
+
+def _reproduce(args) -> int:
+    from agiqa.errors import AgiqaError
+    from agiqa.training.reproduce import reproduce
+
+    config_path = Path(args.configs_dir) / args.model.replace("-", "_") / f"{args.dataset}.yaml"
+    if not config_path.is_file():
+        raise AgiqaError(f"no experiment config {config_path}; see {args.configs_dir}/")
+    table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides)
+    print(table)
+    return 0

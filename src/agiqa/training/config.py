@@ -1,0 +1,150 @@
+"""Experiment configuration: one YAML file per paper experiment, overridable with `key.sub=value` strings."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelSection:
+    """Which registered model to build and its config overrides (see `agiqa models info NAME`)."""
+
+    name: str = "ma_agiqa"
+    pretrained: str | bool = False
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class FeatureSection:
+    """Semantic features for MA-AGIQA: a feature cache directory, extracted with `encoder` if missing."""
+
+    cache: str | None = None
+    encoder: str | None = None
+    trust_remote_code: bool = False
+    batch_size: int = 8
+
+
+@dataclass
+class DataSection:
+    """Dataset, target, split and loading settings."""
+
+    dataset: str = "agiqa3k"
+    root: str = "."
+    target: str | None = None
+    csv: str | None = None
+    image_col: str | None = None
+    score_col: str | None = None
+    prompt_col: str | None = None
+    split_method: str = "official"
+    split_seed: int = 20
+    k: int = 5
+    fold: int = 0
+    split_file: str | None = None
+    image_size: int = 224
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    augment: bool = True
+    augment_prob: float = 0.7
+    image_cache: str | None = None
+    features: FeatureSection = field(default_factory=FeatureSection)
+
+
+@dataclass
+class OptimSection:
+    """Adam + cosine schedule stepped per batch, as the official code."""
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-5
+    t_max: int = 50
+    eta_min: float = 0.0
+    loss: str = "mse"
+
+
+@dataclass
+class TrainerSection:
+    """Lightning Trainer arguments used by `agiqa train`."""
+
+    max_epochs: int = 30
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 20
+    limit_train_batches: float | int | None = None
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+
+
+@dataclass
+class TestSection:
+    """Where to test: the training dataset's test split by default, or another dataset (cross-dataset)."""
+
+    dataset: str | None = None
+    root: str | None = None
+    target: str | None = None
+    subset: str = "test"  # "test" = that dataset's split test part; "all" = every row
+
+
+@dataclass
+class TrainConfig:
+    """A whole experiment; `agiqa train -c configs/ma_agiqa/agiqa3k.yaml --set optim.lr=1e-4`."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    test: TestSection = field(default_factory=TestSection)
+    official_quirks: bool = False
+    output_dir: str = "runs/experiment"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return _build(cls, data or {}, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        for override in overrides or []:
+            apply_override(data, override)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    values = {}
+    for name, value in data.items():
+        default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        sub_cls = type(default()) if default is not None and dataclasses.is_dataclass(default()) else None
+        values[name] = _build(sub_cls, value or {}, f"{where}.{name}") if sub_cls else value
+    return cls(**values)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like key.sub=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)

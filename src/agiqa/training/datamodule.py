@@ -1,0 +1,244 @@
+"""Data for training and evaluation: label file → split → images decoded and resized once → batches."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from agiqa.errors import DatasetValidationError, ImageLoadError
+from agiqa.training.config import DataSection
+
+_logger = logging.getLogger(__name__)
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def resize_image(image, size: int) -> torch.Tensor:
+    """PIL RGB → uint8 (3, size, size), bicubic without antialiasing (a = -0.75, as cv2.INTER_CUBIC officially)."""
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    resized = F.interpolate(array[None].float(), size=(size, size), mode="bicubic", align_corners=False)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def decode_images(paths: list[str], size: int, cache_dir: str | None = None) -> torch.Tensor:
+    """All images decoded and resized once → uint8 (N, 3, size, size); every unreadable file is listed in one error.
+
+    With `cache_dir`, the tensor is stored as `.npy` keyed by the file list and size, so later runs skip decoding.
+    """
+    cache_file = _image_cache_file(paths, size, cache_dir)
+    if cache_file is not None and cache_file.is_file():
+        return torch.from_numpy(np.load(cache_file))
+    from agiqa.data.images import load_image
+
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    failures = []
+    for index, path in enumerate(paths):
+        try:
+            out[index] = resize_image(load_image(path), size)
+        except ImageLoadError as err:
+            failures.append(str(err))
+    if failures:
+        shown = "\n  ".join(failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise DatasetValidationError(f"{len(failures)} of {len(paths)} images could not be read:\n  {shown}{more}")
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npy")
+        np.save(tmp, out.numpy())
+        tmp.replace(cache_file)
+    return out
+
+
+def _image_cache_file(paths: list[str], size: int, cache_dir: str | None) -> Path | None:
+    if not cache_dir:
+        return None
+    digest = hashlib.sha256(("\n".join(paths) + f"\n{size}").encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"images_{size}_{digest}.npy"
+
+
+def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB → float with mean = std = 0.5, the MANIQA / MA-AGIQA input convention."""
+    return images_uint8.float().div(255.0).sub(0.5).div(0.5)
+
+
+def augment(image: torch.Tensor, prob: float) -> torch.Tensor:
+    """Official training augmentation: rotate by 90/180/270° with p, then flip the H axis with p.
+
+    Draws from torch's global RNG, which `seed_everything(..., workers=True)` seeds per data-loader worker.
+    """
+    if torch.rand(()) < prob:
+        quarter_turns = int(torch.randint(1, 4, ()))
+        image = torch.rot90(image, quarter_turns, dims=(1, 2))
+    if torch.rand(()) < prob:
+        image = torch.flip(image, dims=(1,))
+    return image
+
+
+class AGIQASamples(Dataset):
+    """Rows of a split: normalised image (3, S, S), MOS, row index, and semantic features (P, D) when present."""
+
+    def __init__(self, images, mos, rows, semantic=None, train_augment=False, augment_prob=0.7):
+        self.images, self.mos, self.rows, self.semantic = images, mos, list(rows), semantic
+        self.train_augment, self.augment_prob = train_augment, augment_prob
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict:
+        row = self.rows[item]
+        image = self.images[row]
+        if self.train_augment:
+            image = augment(image, self.augment_prob)
+        sample = {"image": normalize(image), "mos": self.mos[row], "row": row}
+        if self.semantic is not None:
+            sample["semantic"] = self.semantic[row]
+        return sample
+
+
+@dataclass
+class LoadedData:
+    """One dataset in memory: its label frame, split, decoded images, MOS and semantic features."""
+
+    frame: pd.DataFrame
+    split: object
+    images: torch.Tensor
+    mos: torch.Tensor
+    semantic: torch.Tensor | None = None
+
+
+def load_frame(config: DataSection) -> pd.DataFrame:
+    """The dataset's label frame (columns name, path, prompt, mos, generator), validated."""
+    from agiqa.data import load_dataset
+
+    options = dict(csv=config.csv, image_col=config.image_col, score_col=config.score_col, prompt_col=config.prompt_col)
+    return load_dataset(config.dataset, config.root, target=config.target,
+                        **{key: value for key, value in options.items() if value is not None})
+
+
+def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split"):
+    """The configured split of `frame`; `subset="all"` puts every row in `test` (cross-dataset testing)."""
+    from agiqa.data.splits import Split, make_split
+
+    if subset == "all":
+        return Split(train=[], val=[], test=list(range(len(frame))), method="all", seed=None,
+                     dataset=config.dataset, n=len(frame))
+    if config.split_file:
+        split = Split.from_json(config.split_file)
+        split.validate(len(frame))
+        return split
+    return make_split(frame, method=config.split_method, seed=config.split_seed, k=config.k, fold=config.fold)
+
+
+def load_data(config: DataSection, needs_semantic: bool, subset: str = "split") -> LoadedData:
+    frame = load_frame(config)
+    split = split_frame(config, frame, subset)
+    check_disjoint(split)
+    paths = list(frame["path"])
+    images = decode_images(paths, config.image_size, config.image_cache)
+    mos = torch.tensor(frame["mos"].to_numpy(), dtype=torch.float32)
+    semantic = None
+    if needs_semantic:
+        from agiqa.semantic import load_features
+
+        semantic = load_features(config.features.cache, paths).float()
+    return LoadedData(frame, split, images, mos, semantic)
+
+
+class AGIQADataModule(L.LightningDataModule):
+    """Dataset + split + cached images (+ semantic features) for `IQAModule`.
+
+    `prepare_data` validates the label files and extracts missing semantic features (one process); `setup` reads
+    labels, makes the split and decodes images in every process. The split is by row index and `check_disjoint`
+    guarantees no test row is trained on. `test_config` (another dataset) gives cross-dataset testing.
+    """
+
+    def __init__(self, config: DataSection, needs_semantic: bool = False, official_quirks: bool = False,
+                 seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split"):
+        super().__init__()
+        self.config = config
+        self.needs_semantic = needs_semantic
+        self.official_quirks = official_quirks
+        self.seed = seed
+        self.test_config = test_config
+        self.test_subset = test_subset
+        self.fit_data: LoadedData | None = None
+        self.test_data: LoadedData | None = None
+
+    def prepare_data(self) -> None:
+        for config in filter(None, (self.config, self.test_config)):
+            frame = load_frame(config)
+            if self.needs_semantic:
+                ensure_features(config, list(frame["path"]))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.fit_data is None:
+            self.fit_data = load_data(self.config, self.needs_semantic)
+        if self.test_data is None:
+            self.test_data = (load_data(self.test_config, self.needs_semantic, self.test_subset)
+                              if self.test_config else self.fit_data)
+
+    def samples(self, part: str, train_augment: bool = False) -> AGIQASamples:
+        data = self.test_data if part == "test" else self.fit_data
+        return AGIQASamples(data.images, data.mos, getattr(data.split, part), data.semantic, train_augment,
+                            self.config.augment_prob)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.samples("train", train_augment=self.config.augment), batch_size=self.config.batch_size,
+                          shuffle=True, drop_last=True, num_workers=self.config.num_workers, generator=generator)
+
+    def eval_dataloader(self, part: str) -> DataLoader:
+        if self.official_quirks:
+            # The released code evaluates with the training batch size, drop_last=True and a shuffled test set.
+            generator = torch.Generator().manual_seed(self.seed)
+            return DataLoader(self.samples(part), batch_size=self.config.batch_size, drop_last=True,
+                              shuffle=part == "test", generator=generator, num_workers=self.config.num_workers)
+        return DataLoader(self.samples(part), batch_size=self.config.eval_batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+
+def check_disjoint(split) -> None:
+    """Raise if any row index sits in two split parts (a test image must never be trained on)."""
+    seen: dict[int, str] = {}
+    for part in SPLIT_PARTS:
+        for row in getattr(split, part):
+            if row in seen:
+                raise DatasetValidationError(f"row {row} is in both the {seen[row]} and {part} parts of the split")
+            seen[row] = part
+
+
+def ensure_features(config: DataSection, paths: list[str]) -> None:
+    """Extract semantic features for images missing from the cache (needs `features.encoder`)."""
+    from agiqa.semantic import missing_features
+
+    features = config.features
+    if not features.cache:
+        raise DatasetValidationError("this model needs semantic features: set data.features.cache (a feature cache dir)")
+    missing = missing_features(features.cache, paths)
+    if not missing:
+        return
+    if not features.encoder:
+        raise DatasetValidationError(
+            f"{len(missing)} images have no semantic features in {features.cache} (e.g. {missing[0]}); set "
+            "data.features.encoder to extract them, or run `agiqa features extract` first"
+        )
+    from agiqa.semantic import create_encoder, extract_features
+
+    encoder = create_encoder(features.encoder, trust_remote_code=features.trust_remote_code)
+    report = extract_features(missing, encoder, features.cache, batch_size=features.batch_size)
+    if report.failed:
+        raise DatasetValidationError(f"feature extraction failed for {len(report.failed)} images: {report.failed[:5]}")

@@ -1,0 +1,101 @@
+"""The training loop, once: loss, optimiser, schedule, validation metrics and prediction collection."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from agiqa.metrics import compute_metrics
+from agiqa.models import create_model
+
+LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss}
+
+
+def model_scores(model: nn.Module, image: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores (B,) from any registered model; semantic features go to models that fuse them (MA-AGIQA)."""
+    if hasattr(model, "fuse"):
+        return model(image, semantic)
+    return model(image)
+
+
+class IQAModule(L.LightningModule):
+    """Wraps any registered quality model built by `create_model(model, **model_kwargs)`.
+
+    Validation logs `val/srcc`, `val/plcc` (raw, as the official code) and `val/score` = their sum, which picks
+    the best epoch. Test and predict steps collect (row, prediction, MOS) for the reports.
+    """
+
+    def __init__(self, model: str = "ma_agiqa", model_kwargs: dict | None = None, pretrained: str | bool = False,
+                 lr: float = 1e-5, weight_decay: float = 1e-5, t_max: int = 50, eta_min: float = 0.0,
+                 loss: str = "mse"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model, pretrained=pretrained, **(model_kwargs or {}))
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.criterion = LOSSES[loss]()
+        self._outputs: dict[str, list] = {}
+
+    @property
+    def uses_semantic(self) -> bool:
+        """True when the model has semantic experts, so batches must carry features."""
+        return bool(getattr(self.model.config, "semantic_experts", ()))
+
+    def forward(self, image: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
+        return model_scores(self.model, image, semantic)
+
+    def _predict(self, batch: dict) -> torch.Tensor:
+        return self(batch["image"], batch.get("semantic"))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.criterion(self._predict(batch), batch["mos"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["mos"]))
+        return loss
+
+    def _collect(self, stage: str, batch: dict) -> None:
+        pred = self._predict(batch).float()
+        self._outputs.setdefault(stage, []).append(
+            torch.stack([batch["row"].float(), pred, batch["mos"].float()], dim=1).detach()
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._collect("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._collect("test", batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._predict(batch)
+
+    def gathered(self, stage: str) -> np.ndarray:
+        """(n, 3) array of [row, prediction, MOS] for a stage, gathered over all processes, one row per image."""
+        local = torch.cat(self._outputs.get(stage, [torch.empty(0, 3, device=self.device)]))
+        if self.trainer is not None and self.trainer.world_size > 1:
+            local = self.all_gather(local).reshape(-1, 3)
+        table = local.cpu().numpy()
+        # DistributedSampler pads with repeated rows so every process has equal work; keep each row once.
+        _, first = np.unique(table[:, 0], return_index=True)
+        return table[np.sort(first)]
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs["val"] = []
+
+    def on_validation_epoch_end(self) -> None:
+        table = self.gathered("val")
+        if len(table) < 3 or self.trainer.sanity_checking:
+            return
+        metrics = compute_metrics(table[:, 1], table[:, 2])
+        srcc, plcc = float(metrics["srcc"]), float(metrics["plcc_raw"])
+        score = np.nan_to_num(srcc, nan=-1.0) + np.nan_to_num(plcc, nan=-1.0)
+        self.log_dict({"val/srcc": srcc, "val/plcc": plcc, "val/score": float(score)}, prog_bar=True, sync_dist=False)
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs["test"] = []
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.t_max, eta_min=hp.eta_min)
+        # Stepped every batch, as the official code does.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,92 @@
+"""Evaluation outputs: predictions CSV, metrics JSON (overall + per generator), markdown report, scatter plot."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agiqa.metrics import compute_metrics
+
+METRIC_KEYS = ("srcc", "plcc", "krcc", "rmse")
+
+
+def predictions_frame(frame: pd.DataFrame, rows, predictions) -> pd.DataFrame:
+    """One row per scored image: name, generator, prompt, MOS, prediction."""
+    picked = frame.iloc[list(rows)]
+    return pd.DataFrame({
+        "name": picked["name"].to_numpy(),
+        "generator": picked["generator"].to_numpy(),
+        "prompt": picked["prompt"].to_numpy(),
+        "mos": picked["mos"].to_numpy(dtype=float),
+        "prediction": np.asarray(predictions, dtype=float),
+    })
+
+
+def evaluation_metrics(predictions: pd.DataFrame, min_group: int = 5) -> dict:
+    """Overall metrics plus one entry per generator with at least `min_group` images."""
+    result = {"overall": _clean(compute_metrics(predictions["prediction"], predictions["mos"]))}
+    per_generator = {}
+    for generator, group in predictions.groupby("generator", sort=True):
+        if generator and len(group) >= min_group:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # small groups with constant MOS are expected; NaN says it
+                per_generator[str(generator)] = _clean(compute_metrics(group["prediction"], group["mos"]))
+    result["per_generator"] = per_generator
+    return result
+
+
+def _clean(metrics: dict) -> dict:
+    return {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in metrics.items()}
+
+
+def metrics_markdown(metrics: dict, title: str = "Test results") -> str:
+    """A markdown table: overall row, then one row per generator."""
+    lines = [f"## {title}", "", "| subset | n | SRCC | PLCC | KRCC | RMSE |", "|---|---|---|---|---|---|"]
+    rows = [("overall", metrics["overall"])] + sorted(metrics.get("per_generator", {}).items())
+    for name, values in rows:
+        cells = [_fmt(values.get(key)) for key in METRIC_KEYS]
+        lines.append(f"| {name} | {values.get('n', '')} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("PLCC and RMSE are computed after the official 4-parameter logistic fit; SRCC and KRCC on raw scores.")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "nan" if value is None else f"{value:.4f}"
+
+
+def scatter_plot(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Prediction vs MOS scatter, coloured by generator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for generator, group in predictions.groupby("generator", sort=True):
+        ax.scatter(group["mos"], group["prediction"], s=10, alpha=0.7, label=str(generator) or "unknown")
+    ax.set_xlabel("MOS")
+    ax.set_ylabel("prediction")
+    ax.set_title(title)
+    if predictions["generator"].nunique() <= 15:
+        ax.legend(fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_evaluation(predictions: pd.DataFrame, out_dir: str | Path, title: str = "Test results") -> dict:
+    """Write predictions.csv, metrics.json, report.md and scatter.png into `out_dir`; return the metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(out / "predictions.csv", index=False)
+    metrics = evaluation_metrics(predictions)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "report.md").write_text(metrics_markdown(metrics, title))
+    scatter_plot(predictions, out / "scatter.png", title)
+    return metrics

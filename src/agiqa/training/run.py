@@ -1,0 +1,171 @@
+"""Train → pick the best epoch on validation → test → write reports. Shared by `agiqa train|evaluate|reproduce|demo`."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from agiqa.runtime import autocast, resolve_device, resolve_precision
+from agiqa.training.config import DataSection, TrainConfig
+from agiqa.training.datamodule import AGIQADataModule
+from agiqa.training.module import IQAModule, model_scores
+from agiqa.training.reports import predictions_frame, write_evaluation
+
+_logger = logging.getLogger(__name__)
+
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("AGIQA_CACHE_DIR", str(Path.home() / ".cache" / "agiqa"))
+
+
+def build_module(config: TrainConfig) -> IQAModule:
+    optim = config.optim
+    return IQAModule(model=config.model.name, model_kwargs=dict(config.model.kwargs), pretrained=config.model.pretrained,
+                     lr=optim.lr, weight_decay=optim.weight_decay, t_max=optim.t_max, eta_min=optim.eta_min,
+                     loss=optim.loss)
+
+
+def build_datamodule(config: TrainConfig, needs_semantic: bool) -> AGIQADataModule:
+    data = copy.deepcopy(config.data)
+    data.image_cache = data.image_cache or str(Path(default_cache_dir()) / "images")
+    test_config = None
+    if config.test.dataset:
+        test_config = dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
+                                          target=config.test.target, csv=None, split_file=None)
+    return AGIQADataModule(data, needs_semantic=needs_semantic, official_quirks=config.official_quirks,
+                           seed=config.trainer.seed, test_config=test_config,
+                           test_subset="all" if config.test.subset == "all" else "split")
+
+
+def lightning_precision(precision: str, accelerator: str) -> str:
+    """`auto` → bf16-mixed where bf16 is fast (CUDA, AMX CPUs), else 32-true; other values pass through."""
+    if precision != "auto":
+        return precision
+    device = resolve_device("cpu" if accelerator == "cpu" else "auto")
+    return LIGHTNING_PRECISION[resolve_precision("auto", device)]
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Fit with validation-based model selection, then test the best epoch; returns the test metrics.
+
+    Writes to `config.output_dir`: config.yaml, split.json, checkpoints/{best,last}.ckpt (resume),
+    model/ (best weights as safetensors + config.json), predictions.csv, metrics.json, report.md, scatter.png.
+    """
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = build_module(config)
+    datamodule = build_datamodule(config, module.uses_semantic)
+    config.to_yaml(out / "config.yaml")
+    trainer = _trainer(config, out, progress)
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+    if not trainer.is_global_zero:
+        return {}
+    best = out / "checkpoints" / "best.ckpt"
+    module = load_trained_module(best if best.is_file() else last)
+    module.model.save_pretrained(out / "model")
+    datamodule.setup("test")
+    datamodule.fit_data.split.to_json(out / "split.json")
+    metrics = evaluate_module(module.model, datamodule, out, title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}")
+    metrics["best_checkpoint"] = str(best if best.is_file() else last)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
+    t = config.trainer
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/score", mode="max",
+                                 save_last=True, enable_version_counter=False)
+    return L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), callbacks=[checkpoint],
+        logger=CSVLogger(out, name="logs", version=""), default_root_dir=out, enable_progress_bar=progress,
+        limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, num_sanity_val_steps=0, enable_model_summary=False,
+    )
+
+
+def load_trained_module(checkpoint: str | Path) -> IQAModule:
+    """Rebuild an `IQAModule` from a Lightning checkpoint without fetching any backbone weights."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hparams = dict(state["hyper_parameters"])
+    hparams["pretrained"] = False
+    hparams["model_kwargs"] = {**(hparams.get("model_kwargs") or {}), "backbone_pretrained": False}
+    module = IQAModule(**hparams)
+    module.load_state_dict(state["state_dict"])
+    return module.eval()
+
+
+@torch.inference_mode()
+def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | None = None,
+                 precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(rows, predictions) for every batch of an evaluation loader."""
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    model = model.to(device).eval()
+    rows, preds = [], []
+    for batch in loader:
+        semantic = batch.get("semantic")
+        with autocast(precision, device):
+            scores = model_scores(model, batch["image"].to(device), None if semantic is None else semantic.to(device))
+        rows.append(batch["row"].numpy())
+        preds.append(scores.float().cpu().numpy())
+    return np.concatenate(rows), np.concatenate(preds)
+
+
+def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir: str | Path, title: str = "",
+                    device: str | None = None, precision: str = "auto") -> dict:
+    """Score the datamodule's test part and write predictions, metrics, report and plot into `out_dir`."""
+    rows, preds = predict_rows(model, datamodule.test_dataloader(), device, precision)
+    predictions = predictions_frame(datamodule.test_data.frame, rows, preds)
+    metrics = write_evaluation(predictions, out_dir, title=title)
+    metrics["n_scored"] = int(len(rows))
+    metrics["n_test"] = int(len(datamodule.test_data.split.test))
+    return metrics
+
+
+def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subset: str = "split",
+             device: str | None = None, precision: str = "auto") -> dict:
+    """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset."""
+    from agiqa.models import create_model
+
+    model = create_model(_architecture(model_dir), pretrained=str(model_dir))
+    data = copy.deepcopy(data)
+    data.image_cache = data.image_cache or str(Path(default_cache_dir()) / "images")
+    needs_semantic = bool(getattr(model.config, "semantic_experts", ()))
+    datamodule = AGIQADataModule(data, needs_semantic=needs_semantic, test_subset=subset)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
+                              precision=precision)
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def model_image_size(model_dir: str | Path) -> int:
+    """The input size a saved model was built for (its config's img_size)."""
+    return int(_saved_config(model_dir).get("img_size", 224))
+
+
+def _saved_config(model_dir: str | Path) -> dict:
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
+    return json.loads(config_file.read_text())
+
+
+def _architecture(model_dir: str | Path) -> str:
+    config = _saved_config(model_dir)
+    return config.get("architecture") or config.get("model_name") or "ma_agiqa"
