@@ -80,11 +80,17 @@ def logistic4(x, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
 def logistic_fit(pred, target) -> tuple[np.ndarray, np.ndarray]:
     """Fit `logistic4` mapping predictions to targets as MA-AGIQA's performance.py does.
 
-    p0 = [max(target), min(target), mean(pred), 0.5], `scipy.optimize.curve_fit`, maxfev 1e8.
+    p0 = [max(target), min(target), mean(pred), 0.5], `scipy.optimize.curve_fit`, maxfev 1e8 (a mean within
+    1e-6 of the prediction range from 0 starts at exactly 0, see below).
     Returns (fitted predictions, params b1..b4). Raises RuntimeError/ValueError when the fit fails.
     """
     pred, target = _as_pair(pred, target)
-    p0 = [np.max(target), np.min(target), np.mean(pred), 0.5]
+    b3 = np.mean(pred)
+    # MINPACK's finite-difference step for b3 is relative to |b3|: a centred mean such as 1e-16 (instead of 0)
+    # makes the step vanish and freezes b3. Snapping it to 0 changes nothing else and only affects such inputs.
+    if abs(b3) < 1e-6 * np.ptp(pred):
+        b3 = 0.0
+    p0 = [np.max(target), np.min(target), b3, 0.5]
     with warnings.catch_warnings():
         # The covariance estimate is not used; its "could not be estimated" warning is noise here.
         warnings.simplefilter("ignore", optimize.OptimizeWarning)
