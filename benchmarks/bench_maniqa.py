@@ -1,0 +1,212 @@
+"""MANIQA throughput benchmark: images/s, achieved GFLOP/s against a measured matmul peak, and peak memory.
+
+    python benchmarks/bench_maniqa.py --size full --batch 1 8 --iters 3
+    python benchmarks/bench_maniqa.py --size tiny --batch 1 8 32 --precision fp32 auto --compile
+
+FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions
+and attention; elementwise work is not counted). "needed" FLOPs are what our forward executes; the "official" line
+adds the dead work the official code also runs (ViT blocks after the last hooked one, final norm; its classifier head
+is not executed there either). Peak memory (warm-up + timed runs) is CUDA ``max_memory_allocated`` on GPU, else the
+peak resident set size above the pre-run baseline (after ``malloc_trim``), sampled every 5 ms. Other processes sharing the CPU lower the numbers: check ``uptime``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import threading
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from agiqa.models import create_model
+from agiqa.runtime import autocast, resolve_device, resolve_precision
+from agiqa.scoring.inference import prepare_model
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory during the block: CUDA allocator peak, or sampled RSS above the starting RSS (Linux)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes() - self._base)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes() - self._base)
+
+
+def _release_cpu_memory() -> None:
+    """Return freed heap to the OS (glibc) so the next RSS baseline does not include an earlier run's cache."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def matmul_peak(device: torch.device, n: int, dtype=torch.float32, repeats: int = 5) -> float:
+    """Best-of GFLOP/s of an ``n x n`` fp32 ``torch.mm`` on ``device`` (the reference "machine limit")."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows the CUDA attention kernels but not the fused CPU one; count it like the others.
+_CUSTOM_FLOPS = {}
+if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    _CUSTOM_FLOPS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
+
+
+def count_flops(fn, *args) -> int:
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def official_extra_flops(model, x) -> int:
+    """FLOPs the official forward runs on top of ours: ViT blocks after the last hooked one and the final norm."""
+    vit = model.vit
+    with torch.inference_mode():
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for block in vit.blocks[: max(model.hooked_blocks) + 1]:
+            tokens = block(tokens)
+
+    def tail(t):
+        for block in vit.blocks[max(model.hooked_blocks) + 1 :]:
+            t = block(t)
+        return vit.norm(t)
+
+    return count_flops(tail, tokens)
+
+
+def run(args) -> None:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "maniqa" if args.size == "full" else "test_maniqa"
+    torch.manual_seed(0)
+    base = create_model(name).eval().to(device)
+    size = base.config.img_size
+    peak_n = args.matmul_n or (2048 if args.size == "full" else 512)
+    peak = matmul_peak(device, peak_n)
+    x1 = torch.rand(1, 3, size, size, device=device)
+    flops = count_flops(base, base.normalize(x1))
+    extra = official_extra_flops(base, base.normalize(x1))
+    print(f"device: {device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
+    print(f"model: {name} {size}px; counted GFLOP/image: needed {flops / 1e9:.1f}, official forward "
+          f"{(flops + extra) / 1e9:.1f} (dead work skipped: {extra / 1e9:.1f})")
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); each row also re-measures it right before the row "
+          "('mm now') because other processes may share the machine; %peak uses the row's own measurement")
+    print(f"{'variant':<14}{'batch':>6}{'prec':>6}{'img/s':>10}{'s/img':>9}{'GFLOP/s':>10}{'mm now':>8}{'%peak':>7}"
+          f"{'peak MB':>9}")
+
+    variants = [(p, False) for p in args.precision]
+    if args.compile:
+        variants += [(p, True) for p in args.precision]
+    reference = {}
+    for precision_arg, compiled in variants:
+        precision = resolve_precision(precision_arg, device)
+        model = prepare_model(base, device=device, compile=compiled)
+        for batch in args.batch:
+            x = base.normalize(torch.rand(batch, 3, size, size, device=device))
+            peak_now = matmul_peak(device, peak_n, repeats=3)
+            _release_cpu_memory()
+            with torch.inference_mode(), autocast(precision, device), PeakMemory(device) as mem:
+                for _ in range(args.warmup):
+                    out = model(x)
+                _sync(device)
+                times = []
+                for _ in range(args.iters):
+                    start = time.perf_counter()
+                    out = model(x)
+                    _sync(device)
+                    times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            ips = batch / seconds
+            gflops = flops * batch / seconds / 1e9
+            label = f"{precision_arg}{'+compile' if compiled else ''}"
+            print(f"{label:<14}{batch:>6}{precision:>6}{ips:>10.3f}{seconds / batch:>9.3f}{gflops:>10.1f}"
+                  f"{peak_now:>8.1f}{100 * gflops / peak_now:>6.0f}%{mem.peak / 2**20:>9.0f}", flush=True)
+            key = (batch, compiled)
+            if precision == "fp32":
+                reference[key] = out.float()
+            elif key in reference:
+                diff = (out.float() - reference[key]).abs().max().item()
+                print(f"{'':<14}max |score - fp32 score| = {diff:.2e}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "auto"], choices=("fp32", "auto", "bf16", "fp16"))
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--matmul-n", type=int, default=0, help="matrix side of the peak measurement")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Fast, gradient-free model execution: device placement, precision, batching, optional `torch.compile`.
+
+These are plain functions so that the user-facing Scorer, the CLI and the benchmarks share one code path::
+
+    model = prepare_model(create_model("maniqa", pretrained=...), device="auto", compile=False)
+    scores = batched_forward(model, x, batch_size=32, precision="auto")   # x normalised, (B, 3, S, S)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from agiqa.runtime import autocast, resolve_device, resolve_precision
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["inference_context", "prepare_model", "batched_forward", "model_device"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for parameter-less modules)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def inference_context(precision: str = "auto", device: str | torch.device | None = None) -> Iterator[str]:
+    """``torch.inference_mode()`` + autocast for the resolved precision; yields the precision actually used.
+
+    ``precision``: "auto" (bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else fp32), "fp32", "bf16" or "fp16".
+    """
+    device = resolve_device(device)
+    resolved = resolve_precision(precision, device)
+    with torch.inference_mode(), autocast(resolved, device):
+        yield resolved
+
+
+def prepare_model(
+    model: nn.Module,
+    device: str | torch.device | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """Move to ``device`` ("auto" = CUDA if present), set ``eval()``, optionally channels-last and ``torch.compile``.
+
+    MANIQA already keeps its 3x3 convolutions in channels-last layout internally, so ``channels_last`` only changes
+    the parameter layout (useful for CNN backbones). Compilation falls back to eager with a warning if it fails.
+    """
+    model = model.to(resolve_device(device)).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        try:
+            model = torch.compile(model, mode=compile_mode, dynamic=False)
+        except Exception as err:  # no compiler toolchain: keep eager
+            _logger.warning("torch.compile failed (%s: %s); running eagerly", type(err).__name__, err)
+    return model
+
+
+def batched_forward(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch_size: int = 32,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Run ``model`` on ``x`` in chunks of ``batch_size`` without gradients; returns fp32 outputs on the CPU.
+
+    ``device`` defaults to the model's device; ``x`` is moved there chunk by chunk (non-blocking from pinned memory).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        device = model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    device = resolve_device(device)
+    outputs = []
+    with inference_context(precision, device):
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start : start + batch_size].to(device, non_blocking=True)
+            outputs.append(model(chunk).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
