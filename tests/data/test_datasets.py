@@ -159,7 +159,7 @@ def test_missing_column_names_columns_present(tmp_path):
     with pytest.raises(DatasetValidationError) as err:
         load_dataset("agiqa3k", tmp_path, check_files=False)
     assert "missing column 'mos_quality' (MOS of target 'quality')" in str(err.value)
-    assert "columns present: 'name', 'prompt', 'mos_align'" in str(err.value)
+    assert "; columns present: 'name', 'prompt', 'mos_align'" in str(err.value)
 
 
 def test_missing_images_listed_and_counted(tmp_path):

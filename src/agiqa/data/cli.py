@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     synth.add_argument(
-        "--mismatch-rate", type=float, default=0.3, help="probability that the image contradicts its prompt (default: 0.3)"
+        "--mismatch-rate", type=float, default=0.3,
+        help="probability that the image contradicts its prompt (default: 0.3)",
     )
     synth.add_argument(
         "--rater-noise", type=float, default=0.8, help="std of one simulated rater's score on 0-5 (default: 0.8)"
@@ -52,7 +53,9 @@ def register(subparsers) -> None:
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="dataset name (see `agiqa datasets list`) or csv")
-    parser.add_argument("--root", help="dataset root holding the label file (for csv: image root, default: the CSV's folder)")
+    parser.add_argument(
+        "--root", help="dataset root holding the label file (for csv: image root, default: the CSV's folder)"
+    )
     parser.add_argument("--target", help="which MOS to use, e.g. quality or alignment (default: the dataset's default)")
     parser.add_argument("--image-dir", help="image folder under --root, overriding the official layout")
     generic = parser.add_argument_group("generic CSV (NAME = csv)")
@@ -104,7 +107,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     mos = frame["mos"]
     expected = None if args.name == GENERIC else get_dataset_info(args.name).rows
     note = f" (the official file has {expected})" if expected not in (None, len(frame)) else ""
-    print(f"{frame.attrs['dataset']} (target {frame.attrs['target']}): {len(frame)} rows{note}, root {frame.attrs['root']}")
+    attrs = frame.attrs
+    print(f"{attrs['dataset']} (target {attrs['target']}): {len(frame)} rows{note}, root {attrs['root']}")
     print("image files: " + ("not checked" if args.no_check_files else "all present"))
     print(f"MOS: min {mos.min():.4g}  mean {mos.mean():.4g}  max {mos.max():.4g}")
     prompts = frame["prompt"]

@@ -101,7 +101,6 @@ class _Spec:
     generator_pattern: str | None = None
     prompts_file: dict | None = None
     generators_file: dict | None = None
-    expected_rows: int | None = None
     option_names: dict[str, str] = field(default_factory=dict)  # column role -> how the user named it
 
 
@@ -132,8 +131,6 @@ def load_dataset(
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise DatasetValidationError(f"{spec.label_path}: {len(problems)} problem(s):\n{listing}")
-    if spec.expected_rows is not None and len(table) != spec.expected_rows:
-        logger.debug("%s has %d rows; the official file has %d", spec.label_path, len(table), spec.expected_rows)
     frame = _build_frame(table, spec, side)
     frame.attrs.update(dataset=spec.dataset, target=spec.target, root=str(spec.root))
     return frame
@@ -161,7 +158,6 @@ def _resolve_spec(name: str, root, target: str | None, opts: dict) -> _Spec:
         generator_pattern=info.generator_pattern,
         prompts_file=info.prompts_file,
         generators_file=info.generators_file,
-        expected_rows=info.rows,
         option_names={"mos": f"MOS of target {target!r}"},
     )
 
@@ -225,14 +221,14 @@ def _capped(lines: list[str]) -> list[str]:
 
 def _column_problems(table: pd.DataFrame, spec: _Spec) -> list[str]:
     roles = {"name": spec.name_col, "mos": spec.score_col, "prompt": spec.prompt_col, "generator": spec.generator_col}
-    problems = [
-        f"missing column {column!r}" + (f" ({spec.option_names[role]})" if role in spec.option_names else "")
+    present = ", ".join(map(repr, table.columns))
+    return [
+        f"missing column {column!r}"
+        + (f" ({spec.option_names[role]})" if role in spec.option_names else "")
+        + f"; columns present: {present}"
         for role, column in roles.items()
         if column is not None and column not in table.columns
     ]
-    if problems:
-        problems.append(f"columns present: {', '.join(map(repr, table.columns))}")
-    return problems
 
 
 def _row_problems(table: pd.DataFrame, spec: _Spec) -> list[str]:
@@ -278,11 +274,13 @@ def _side_columns(table: pd.DataFrame, spec: _Spec, problems: list[str]) -> dict
     """Prompts / generators that live in optional side tables; problems are appended to `problems`."""
     side = {}
     if spec.prompts_file:
-        prompts = _prompts_by_name(table[spec.name_col], spec.root / spec.prompts_file["file"], spec.prompts_file, problems)
+        path = spec.root / spec.prompts_file["file"]
+        prompts = _prompts_by_name(table[spec.name_col], path, spec.prompts_file, problems)
         if prompts is not None:
             side["prompt"] = prompts
     if spec.generators_file:
-        generators = _values_by_row(len(table), spec.root / spec.generators_file["file"], spec.generators_file, problems)
+        path = spec.root / spec.generators_file["file"]
+        generators = _values_by_row(len(table), path, spec.generators_file, problems)
         if generators is not None:
             side["generator"] = generators
     return side

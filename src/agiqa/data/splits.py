@@ -144,7 +144,9 @@ def prompt_leakage(frame: pd.DataFrame, split: Split) -> int:
     return len(shared)
 
 
-def make_split(frame: pd.DataFrame, method: str = "official", seed: int = OFFICIAL_SEED, k: int = 5, fold: int = 0) -> Split:
+def make_split(
+    frame: pd.DataFrame, method: str = "official", seed: int = OFFICIAL_SEED, k: int = 5, fold: int = 0
+) -> Split:
     """Split the rows of a `load_dataset` frame; `dataset` is taken from `frame.attrs`."""
     n = len(frame)
     if method == "official":
