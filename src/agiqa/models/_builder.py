@@ -65,7 +65,10 @@ def resolve_pretrained_file(cfg: PretrainedCfg, cache_dir: str | None = None) ->
     local = _local_candidate(cfg)
     if local is not None:
         if not local.is_file():
-            raise WeightsNotFoundError(f"Weights file not found: {local}")
+            raise WeightsNotFoundError(
+                f"Weights file not found: {local} (tag '{cfg.tag}'). Point `pretrained_cfg_overlay=dict(file=...)` "
+                "(CLI: --weights PATH) at the downloaded file, or use `pretrained=False` for random init."
+            )
         return local
     errors = []
     if cfg.hf_hub_id:
@@ -165,14 +168,26 @@ def build_model_with_cfg(
     if pretrained:
         # A checkpoint follows, so the backbone must not fetch its own ImageNet weights.
         model_kwargs["backbone_pretrained"] = False
-    model = model_cls(config_cls(**model_kwargs))
     if pretrained is True:
         if pretrained_cfg is None:
             raise RuntimeError(f"{model_cls.__name__} has no pretrained weights registered; use `pretrained=False`.")
         pretrained = pretrained_cfg
+    use_filter = None
     if pretrained:
         use_filter = filter_fn if (not isinstance(pretrained, PretrainedCfg) or pretrained.official) else None
         if not isinstance(pretrained, PretrainedCfg) and str(pretrained).endswith(".safetensors"):
             use_filter = None
-        load_pretrained(model, pretrained, filter_fn=use_filter, cache_dir=cache_dir)
+    source = pretrained
+    if isinstance(pretrained, PretrainedCfg):
+        # Find (or download) the weights before building: a missing file fails fast, without a wasted model build.
+        source = resolve_pretrained_file(pretrained, cache_dir)
+        if pretrained.sha256:
+            actual = sha256_of(source)
+            if actual != pretrained.sha256:
+                raise RuntimeError(f"sha256 mismatch for {source}: expected {pretrained.sha256}, got {actual}")
+    elif isinstance(pretrained, (str, os.PathLike)) and not Path(pretrained).is_file():
+        raise WeightsNotFoundError(f"Weights file not found: {pretrained}. Use `pretrained=False` for random init.")
+    model = model_cls(config_cls(**model_kwargs))
+    if pretrained:
+        load_pretrained(model, source, filter_fn=use_filter, cache_dir=cache_dir)
     return model

@@ -1,0 +1,94 @@
+"""`agiqa models ...`: list registered models and weights, show their metadata, convert official checkpoints.
+
+    agiqa models list [FILTER] [--pretrained]
+    agiqa models info NAME
+    agiqa models convert SRC.pt OUT_DIR --model maniqa      # official checkpoint -> model.safetensors + config.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("models", help="list, inspect and convert models", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    p_list = sub.add_parser("list", help="registered architectures (or weights with --pretrained)")
+    p_list.add_argument("filter", nargs="?", default="", help="wildcard, e.g. 'maniqa*'")
+    p_list.add_argument("--pretrained", action="store_true", help="list arch.tag names that have weights")
+    p_list.set_defaults(func=_cmd_list)
+
+    p_info = sub.add_parser("info", help="metadata of a model or arch.tag: score range, lower_better, weight source")
+    p_info.add_argument("name")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+    p_info.set_defaults(func=_cmd_info)
+
+    p_conv = sub.add_parser("convert", help="official checkpoint (.pt/.pth) -> our safetensors + config.json folder")
+    p_conv.add_argument("src", help="official checkpoint file (read with weights_only=True)")
+    p_conv.add_argument("out_dir", help="output folder (created); loadable with create_model(NAME, pretrained=OUT_DIR)")
+    p_conv.add_argument("--model", default="maniqa", help="registered architecture (default: maniqa)")
+    p_conv.set_defaults(func=_cmd_convert)
+
+
+def _cmd_list(args) -> int:
+    from agiqa.models import list_models
+
+    for name in list_models(args.filter, pretrained=args.pretrained):
+        print(name)
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from agiqa.errors import AgiqaError
+    from agiqa.models import get_model_info
+
+    try:
+        info = get_model_info(args.name)
+    except RuntimeError as err:
+        raise AgiqaError(str(err)) from err
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    source = info.get("file") or (f"hf://{info['hf_hub_id']}/{info.get('hf_hub_filename')}" if info.get("hf_hub_id")
+                                  else None) or info.get("url") or "none registered (random init only)"
+    rows = [("architecture", info["architecture"]), ("module", info["module"]), ("tag", info.get("tag") or "-")]
+    if info.get("tag"):
+        rows += [
+            ("train dataset", info.get("train_dataset")),
+            ("score range", info.get("score_range")),
+            ("lower better", info.get("lower_better")),
+            ("official checkpoint", info.get("official")),
+            ("weights", source),
+            ("file name", info.get("hf_hub_filename")),
+            ("sha256", info.get("sha256") or "-"),
+            ("license", info.get("license")),
+            ("origin", info.get("origin_url")),
+            ("notes", info.get("notes")),
+        ]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from agiqa.errors import AgiqaError
+    from agiqa.models import create_model
+
+    src = Path(args.src)
+    if not src.is_file():
+        raise AgiqaError(f"checkpoint not found: {src}")
+    try:
+        model = create_model(args.model, pretrained=str(src))
+    except RuntimeError as err:
+        raise AgiqaError(f"could not convert {src}: {err}") from err
+    out = Path(args.out_dir)
+    model.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'} ({n_params:,} parameters); "
+          f"load with create_model({args.model.split('.')[0]!r}, pretrained={str(out)!r})")
+    return 0
