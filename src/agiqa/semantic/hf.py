@@ -183,7 +183,8 @@ class HFVLMEncoder(SemanticEncoder):
                 f"cannot load {encoder_id!r} as an image-text-to-text model: {err}. Pass a hub id or a local folder "
                 "saved with save_pretrained (model + processor); models with custom code need --trust-remote-code."
             ) from err
-        return cls(model, processor, name=encoder_id, revision=revision or getattr(model.config, "_commit_hash", None),
+        kwargs.setdefault("name", encoder_id)
+        return cls(model, processor, revision=revision or getattr(model.config, "_commit_hash", None),
                    device=dev, precision=prec, **kwargs)
 
     def _find_image_token_id(self) -> int | None:
