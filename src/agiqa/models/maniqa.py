@@ -100,12 +100,11 @@ class ManiqaTABlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, N = x.shape
-        # One GEMM for q, k and v instead of three; the concatenated weight is small (3 N^2).
-        weight = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight), dim=0)
-        bias = torch.cat((self.c_q.bias, self.c_k.bias, self.c_v.bias), dim=0)
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        # Three GEMMs with contiguous outputs: measured as fast as one fused GEMM on (C, 3N) plus the copies that
+        # the strided q/k/v slices of the fused output would need.
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         # softmax(q k^T / sqrt(N)) v: a single-head attention over C "tokens" of size N; SDPA's default scale is N^-0.5.
-        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+        out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(B, C, N)  # official quirk, see class docstring
         return x + self.proj_drop(out)
 
