@@ -56,7 +56,8 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int | None = 
     if epochs:
         overrides.append(f"trainer.max_epochs={epochs}")
     if encoder:
-        overrides += _semantic_overrides(encoder, out / "features", trust_remote_code)
+        overrides += [f"data.features.cache={out / 'features'}", f"data.features.encoder={encoder}",
+                      f"data.features.trust_remote_code={str(trust_remote_code).lower()}"]
         variant = f"MA-AGIQA (MANIQA + 2 semantic experts from {encoder})"
     else:
         overrides += ["model.kwargs.semantic_experts=[]"]
@@ -68,12 +69,3 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int | None = 
     metrics = train(config, progress=progress)
     return {"metrics": metrics, "run_dir": config.output_dir, "variant": variant,
             "seconds": time.perf_counter() - start}
-
-
-def _semantic_overrides(encoder: str, cache: Path, trust_remote_code: bool) -> list[str]:
-    from agiqa.semantic import create_encoder
-
-    feature_dim = create_encoder(encoder, trust_remote_code=trust_remote_code).feature_dim
-    return [f"data.features.cache={cache}", f"data.features.encoder={encoder}",
-            f"data.features.trust_remote_code={str(trust_remote_code).lower()}",
-            f"model.kwargs.semantic_dim={feature_dim}"]

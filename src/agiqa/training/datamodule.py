@@ -144,11 +144,7 @@ def load_data(config: DataSection, needs_semantic: bool, subset: str = "split") 
     paths = list(frame["path"])
     images = decode_images(paths, config.image_size, config.image_cache)
     mos = torch.tensor(frame["mos"].to_numpy(), dtype=torch.float32)
-    semantic = None
-    if needs_semantic:
-        from agiqa.semantic import load_features
-
-        semantic = load_features(config.features.cache, paths).float()
+    semantic = read_features(config, frame) if needs_semantic else None
     return LoadedData(frame, split, images, mos, semantic)
 
 
@@ -176,7 +172,7 @@ class AGIQADataModule(L.LightningDataModule):
         for config in filter(None, (self.config, self.test_config)):
             frame = load_frame(config)
             if self.needs_semantic:
-                ensure_features(config, list(frame["path"]))
+                ensure_features(config, frame)
 
     def setup(self, stage: str | None = None) -> None:
         if self.fit_data is None:
@@ -221,24 +217,28 @@ def check_disjoint(split) -> None:
             seen[row] = part
 
 
-def ensure_features(config: DataSection, paths: list[str]) -> None:
-    """Extract semantic features for images missing from the cache (needs `features.encoder`)."""
-    from agiqa.semantic import missing_features
+def ensure_features(config: DataSection, frame: pd.DataFrame) -> None:
+    """Extract semantic features for the images the cache lacks (needs `features.encoder`); a no-op when complete."""
+    from agiqa.semantic import FeatureCacheError, MissingFeaturesError, create_encoder, extract_features
 
     features = config.features
     if not features.cache:
         raise DatasetValidationError("this model needs semantic features: set data.features.cache (a feature cache dir)")
-    missing = missing_features(features.cache, paths)
-    if not missing:
+    try:
+        read_features(config, frame)
         return
-    if not features.encoder:
-        raise DatasetValidationError(
-            f"{len(missing)} images have no semantic features in {features.cache} (e.g. {missing[0]}); set "
-            "data.features.encoder to extract them, or run `agiqa features extract` first"
-        )
-    from agiqa.semantic import create_encoder, extract_features
-
+    except (MissingFeaturesError, FeatureCacheError):
+        if not features.encoder:
+            raise
     encoder = create_encoder(features.encoder, trust_remote_code=features.trust_remote_code)
-    report = extract_features(missing, encoder, features.cache, batch_size=features.batch_size)
+    report = extract_features(list(frame["path"]), encoder, features.cache, batch_size=features.batch_size,
+                              generation_prompts=list(frame["prompt"]))
     if report.failed:
         raise DatasetValidationError(f"feature extraction failed for {len(report.failed)} images: {report.failed[:5]}")
+
+
+def read_features(config: DataSection, frame: pd.DataFrame) -> torch.Tensor:
+    """Semantic features (N, P, D) aligned with the frame's rows, from the configured cache."""
+    from agiqa.semantic import load_features
+
+    return load_features(config.features.cache, list(frame["path"]), generation_prompts=list(frame["prompt"])).float()

@@ -67,6 +67,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = build_module(config)
     datamodule = build_datamodule(config, module.uses_semantic)
+    if module.uses_semantic and "semantic_dim" not in config.model.kwargs:
+        module = _match_semantic_dim(config, module, datamodule)
     config.to_yaml(out / "config.yaml")
     trainer = _trainer(config, out, progress)
     last = out / "checkpoints" / "last.ckpt"
@@ -84,14 +86,28 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     return metrics
 
 
+def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
+    """Size the semantic experts to the cached features (e.g. 4096 for mPLUG-Owl2, 1536 for Qwen2-VL-2B)."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    dim = int(datamodule.fit_data.semantic.shape[-1])
+    config.model.kwargs["semantic_dim"] = dim
+    if dim == module.model.config.semantic_dim:
+        return module
+    _logger.info("Semantic features are %d-d: building the experts for that width", dim)
+    return build_module(config)
+
+
 def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
     t = config.trainer
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/score", mode="max",
-                                 save_last=True, enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/score", mode="max",
+                           enable_version_counter=False)
+    # Written after every epoch, improved or not, so `--resume` always continues from the latest state.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), callbacks=[checkpoint],
-        logger=CSVLogger(out, name="logs", version=""), default_root_dir=out, enable_progress_bar=progress,
+        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), callbacks=[best, last],
+        logger=CSVLogger(out, name="logs"), default_root_dir=out, enable_progress_bar=progress,
         limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, num_sanity_val_steps=0, enable_model_summary=False,
     )
