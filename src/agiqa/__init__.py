@@ -1,8 +1,32 @@
-"""agiqa: quality assessment of AI-generated images."""
+"""agiqa: quality assessment of AI-generated images.
+
+    import agiqa
+    model = agiqa.create_model("ma_agiqa", pretrained="/ckpt/AGIQA_3k.pt")
+    frame = agiqa.load_dataset("agiqa3k", "/data/AGIQA-3K")
+
+Exports resolve lazily so that `agiqa --help` does not import torch.
+"""
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from agiqa.models import create_model, get_model_info, list_models, list_pretrained  # noqa: E402
+_EXPORTS = {
+    "create_model": "agiqa.models",
+    "get_model_info": "agiqa.models",
+    "list_models": "agiqa.models",
+    "list_pretrained": "agiqa.models",
+    "load_dataset": "agiqa.data",
+    "list_datasets": "agiqa.data",
+    "compute_metrics": "agiqa.metrics",
+    "create_scorer": "agiqa.scoring.scorer",
+}
 
-__all__ = ["__version__", "create_model", "get_model_info", "list_models", "list_pretrained"]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from agiqa.runtime import autocast, resolve_device, resolve_precision
+from agiqa.runtime import resolve_device, resolve_precision
+from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
 from agiqa.training.module import IQAModule, model_scores
@@ -124,17 +125,15 @@ def load_trained_module(checkpoint: str | Path) -> IQAModule:
     return module.eval()
 
 
-@torch.inference_mode()
 def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | None = None,
                  precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(rows, predictions) for every batch of an evaluation loader."""
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
-    model = model.to(device).eval()
+    model = prepare_model(model, device)
     rows, preds = [], []
     for batch in loader:
         semantic = batch.get("semantic")
-        with autocast(precision, device):
+        with inference_context(precision, device):
             scores = model_scores(model, batch["image"].to(device), None if semantic is None else semantic.to(device))
         rows.append(batch["row"].numpy())
         preds.append(scores.float().cpu().numpy())
@@ -157,7 +156,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
     """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset."""
     from agiqa.models import create_model
 
-    model = create_model(_architecture(model_dir), pretrained=str(model_dir))
+    model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
     data = copy.deepcopy(data)
     data.image_cache = data.image_cache or str(Path(default_cache_dir()) / "images")
     needs_semantic = bool(getattr(model.config, "semantic_experts", ()))
@@ -182,6 +181,6 @@ def _saved_config(model_dir: str | Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def _architecture(model_dir: str | Path) -> str:
-    config = _saved_config(model_dir)
-    return config.get("architecture") or config.get("model_name") or "ma_agiqa"
+def saved_architecture(model_dir: str | Path) -> str:
+    """The registered architecture whose class rebuilds a saved model folder (MA-AGIQA configs carry `fusion`)."""
+    return "ma_agiqa" if "fusion" in _saved_config(model_dir) else "maniqa"

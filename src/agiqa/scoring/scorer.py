@@ -1,0 +1,129 @@
+"""Score images with a trained model: paths or PIL images (+ prompts) → scores, bad files reported, not fatal."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from agiqa.errors import AgiqaError, ImageLoadError
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass
+class ScoreResult:
+    """Scores aligned with the inputs (NaN where an image failed) and the failures as (input, reason)."""
+
+    scores: np.ndarray
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, plus every image file under the given folders (sorted, recursive)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+class Scorer:
+    """Wraps a quality model for inference: preprocessing as in training, batching, precision, semantic features.
+
+    `model` is a registered name (`"maniqa.koniq10k"`) or a directory written by `save_pretrained` / a training run's
+    `model/` folder. MA-AGIQA variants with semantic experts need `encoder` (a VLM id or directory) to compute the
+    features of new images; prompts fill `{prompt}` placeholders of the encoder's questions.
+    """
+
+    def __init__(self, model: str | os.PathLike | nn.Module, pretrained: bool | str = True, device: str = "auto",
+                 precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False):
+        from agiqa.scoring.inference import prepare_model
+
+        self.model = prepare_model(_build(model, pretrained), device)
+        self.device = next(self.model.parameters()).device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.needs_semantic = bool(getattr(self.model.config, "semantic_experts", ()))
+        self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
+        cfg = getattr(self.model, "pretrained_cfg", None)
+        self.score_range = tuple(cfg.score_range) if cfg else None
+        self.lower_better = bool(cfg.lower_better) if cfg else False
+        if self.needs_semantic and self.encoder is None:
+            raise AgiqaError("this model fuses semantic features: pass encoder=<VLM id or directory> (CLI: --encoder)")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.img_size)
+
+    def score(self, images: list, prompts: list[str] | None = None) -> ScoreResult:
+        """Scores for image paths or PIL images; a failing image gets NaN and an entry in `failures`."""
+        if prompts is not None and len(prompts) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        scores = np.full(len(images), np.nan)
+        failures: list[tuple[str, str]] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = list(range(start, min(start + self.batch_size, len(images))))
+            loaded = self._load(images, batch, failures)
+            if loaded:
+                indices, pil_images = zip(*loaded)
+                batch_prompts = [prompts[i] for i in indices] if prompts is not None else None
+                scores[list(indices)] = self._score_batch(list(pil_images), batch_prompts)
+        for name, reason in failures:
+            _logger.warning("could not score %s: %s", name, reason)
+        return ScoreResult(scores, failures)
+
+    def _load(self, images: list, indices: list[int], failures: list) -> list:
+        from agiqa.data.images import load_image
+
+        loaded = []
+        for index in indices:
+            item = images[index]
+            try:
+                loaded.append((index, item.convert("RGB") if hasattr(item, "convert") else load_image(item)))
+            except ImageLoadError as err:
+                failures.append((str(item), err.reason))
+        return loaded
+
+    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
+        from agiqa.scoring.inference import inference_context
+        from agiqa.training.datamodule import normalize, resize_image
+        from agiqa.training.module import model_scores
+
+        x = normalize(torch.stack([resize_image(image, self.image_size) for image in pil_images])).to(self.device)
+        semantic = self.encoder.encode(pil_images, prompts).to(self.device) if self.encoder is not None else None
+        with inference_context(self.precision, self.device):
+            return model_scores(self.model, x, semantic).float().cpu().numpy()
+
+
+def _build(model, pretrained) -> nn.Module:
+    from agiqa.models import create_model
+
+    if isinstance(model, nn.Module):
+        return model
+    if Path(model).is_dir():
+        from agiqa.training.run import saved_architecture
+
+        return create_model(saved_architecture(model), pretrained=str(model))
+    return create_model(str(model), pretrained=pretrained)
+
+
+def _encoder(encoder, trust_remote_code: bool):
+    if encoder is None or not isinstance(encoder, (str, os.PathLike)):
+        return encoder
+    from agiqa.semantic import create_encoder
+
+    return create_encoder(str(encoder), trust_remote_code=trust_remote_code)
+
+
+def create_scorer(model: str | os.PathLike | nn.Module, **kwargs) -> Scorer:
+    """`agiqa.create_scorer("runs/x/model").score(["a.png", "b.png"]).scores`."""
+    return Scorer(model, **kwargs)

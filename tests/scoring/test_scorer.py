@@ -1,0 +1,76 @@
+"""Scoring images the way a practitioner does: a saved model, a folder, prompts, a CSV; bad files reported."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from agiqa.cli import main
+from agiqa.models import create_model
+from agiqa.scoring.scorer import Scorer, find_images
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg", "sub/c.png", "sub/d.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_ma_agiqa", semantic_experts=())
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_find_images_walks_folders_and_keeps_named_files(image_folder):
+    found = find_images([image_folder])
+    assert [p.name for p in found] == ["a.png", "b.jpg", "broken.png", "c.png", "d.png"]
+
+
+def test_scorer_scores_and_reports_a_bad_image_without_losing_the_others(image_folder, model_dir):
+    scorer = Scorer(model_dir, device="cpu", batch_size=2)
+    files = [str(p) for p in find_images([image_folder])]
+    result = scorer.score(files)
+    assert [math.isnan(s) for s in result.scores] == [False, False, True, False, False]
+    assert result.failures and result.failures[0][0].endswith("broken.png")
+    # same numbers as the model on the same preprocessing, whatever the batch size
+    single = Scorer(model_dir, device="cpu", batch_size=1).score(files)
+    assert np.allclose(result.scores, single.scores, equal_nan=True, atol=1e-5)
+
+
+def test_semantic_model_without_encoder_is_refused(tmp_path):
+    create_model("test_ma_agiqa").save_pretrained(tmp_path / "m")
+    with pytest.raises(Exception, match="--encoder"):
+        Scorer(tmp_path / "m", device="cpu")
+
+
+def test_cli_score_writes_csv_with_best_of_n_and_exit_code_1_on_failures(image_folder, model_dir, tmp_path, capsys):
+    prompts = pd.DataFrame({"image": ["a.png", "b.jpg", "broken.png", "c.png", "d.png"],
+                            "prompt": ["cat", "cat", "cat", "dog", "dog"]})
+    prompts.to_csv(tmp_path / "prompts.csv", index=False)
+    code = main(["score", str(model_dir), str(image_folder), "--prompts", str(tmp_path / "prompts.csv"),
+                 "--out", str(tmp_path / "scores.csv"), "--device", "cpu"])
+    assert code == 1
+    assert "broken.png" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "scores.csv")
+    assert len(table) == 5
+    for prompt, group in table.dropna(subset=["score"]).groupby("prompt"):
+        best = group.loc[group["score"].idxmax()]
+        assert bool(best["best"]) and group["best"].sum() == 1, prompt
+
+
+def test_cli_score_all_good_exits_zero(image_folder, model_dir, capsys):
+    assert main(["score", str(model_dir), str(image_folder / "a.png"), "--device", "cpu"]) == 0
+    assert "a.png" in capsys.readouterr().out
