@@ -8,7 +8,7 @@ Exports resolve lazily so that `agiqa --help` does not import torch.
 """
 from __future__ import annotations
 
-import importlib
+from agiqa._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,4 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "agiqa.semantic.cli",
     "agiqa.training.cli",
     "agiqa.scoring.cli",
+    "agiqa.service.app",
     "agiqa.demo",
 )
 

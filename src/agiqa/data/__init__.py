@@ -4,7 +4,7 @@ Exports resolve lazily so that `agiqa --help` (which imports `agiqa.data.cli`) d
 """
 from __future__ import annotations
 
-import importlib
+from agiqa._lazy import lazy_getattr
 
 _EXPORTS = {
     "COLUMNS": "agiqa.data.datasets",
@@ -24,7 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -224,7 +224,7 @@ default_cfgs = {
     "ma_agiqa.agiqa3k": _cfg(
         tag="agiqa3k",
         train_dataset="agiqa3k",
-        hf_hub_filename="MA_AGIQA_AGIQA_3k.pt",
+        hf_hub_filename="AGIQA_3k.pt",  # the name main.py saves: checkpt/{dataset_name}.pt
         notes="Official AGIQA-3K checkpoint (Google Drive link in the official README); pass it with "
         "`pretrained='/path/to/AGIQA_3k.pt'` or put it in $AGIQA_WEIGHTS_DIR. Needs mPLUG-Owl2 features.",
     ),

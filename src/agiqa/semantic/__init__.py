@@ -10,7 +10,7 @@ with the official `mplug_owl2` package, or from the official `.pt` files via `im
 """
 from __future__ import annotations
 
-import importlib
+from agiqa._lazy import lazy_getattr
 
 # Resolved lazily so that `agiqa --help` (which imports `agiqa.semantic.cli`) does not import torch/transformers.
 _EXPORTS = {
@@ -43,7 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
