@@ -130,6 +130,7 @@ def _reproduce(args) -> int:
     config_path = Path(args.configs_dir) / args.model.replace("-", "_") / f"{args.dataset}.yaml"
     if not config_path.is_file():
         raise AgiqaError(f"no experiment config {config_path}; see {args.configs_dir}/")
-    table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides)
+    table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides,
+                      paper_model=args.model.replace("-", "_"))
     print(table)
     return 0

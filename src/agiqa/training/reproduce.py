@@ -25,8 +25,11 @@ def seed_list(count: int) -> list[int]:
 
 
 def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Path, overrides: list[str] | None = None,
-              progress: bool = True) -> str:
-    """Train+test `config_path` once per seed (split seed = training seed); write runs.json and results.md."""
+              progress: bool = True, paper_model: str | None = None) -> str:
+    """Train+test `config_path` once per seed (split seed = training seed); write runs.json and results.md.
+
+    `paper_model` names the paper's model whose numbers go beside ours (default: the config's model name).
+    """
     from agiqa.training.run import train
 
     out = Path(out_dir)
@@ -41,8 +44,7 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
         runs.append(train(config, progress=progress)["overall"])
     summary = summarize_runs(runs)
     (out / "runs.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
-    model = config.model.name
-    table = results_table(model, Path(config_path).stem, summary, len(runs))
+    table = results_table(paper_model or config.model.name, Path(config_path).stem, summary, len(runs))
     (out / "results.md").write_text(table)
     return table
 
