@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("agiqa").setLevel(logging.INFO)
+        logging.getLogger("lightning").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except AgiqaError as err:

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
+DEMO_IMAGE_SIZE = 32  # the demo model's input size: degradations are drawn at the resolution the model sees
 
 
 def register(subparsers) -> None:
@@ -15,7 +16,7 @@ def register(subparsers) -> None:
         "it on the held-out test split and write predictions, metrics and plots.",
     )
     parser.add_argument("--out", default="agiqa-demo", help="output folder (default: ./agiqa-demo)")
-    parser.add_argument("--n", type=int, default=600, help="number of synthetic images")
+    parser.add_argument("--n", type=int, default=10000, help="number of synthetic images (more data is what the from-scratch model needs most)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training")
     parser.add_argument("--epochs", type=int, help="training epochs (default from the demo config)")
     parser.add_argument("--encoder", help="local VLM (Hugging Face id in the local cache, or a directory) for "
@@ -34,12 +35,12 @@ def _demo(args) -> int:
     print("Test metrics ({} held-out images): SRCC {:.4f}  PLCC {:.4f}  KRCC {:.4f}  RMSE {:.4f}".format(
         overall["n"], *(float("nan") if overall[k] is None else overall[k] for k in ("srcc", "plcc", "krcc", "rmse"))))
     print(f"Took {results['seconds']:.0f} s. Outputs in {results['run_dir']}:")
-    for name in ("predictions.csv", "metrics.json", "report.md", "scatter.png", "model/"):
+    for name in ("predictions.csv", "metrics.json", "report.md", "scatter.png", "training_curves.png", "model/"):
         print(f"  {Path(results['run_dir']) / name}")
     return 0
 
 
-def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int | None = None, encoder: str | None = None,
+def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None = None, encoder: str | None = None,
              trust_remote_code: bool = False, progress: bool = True) -> dict:
     """Run the whole demo and return {"metrics", "run_dir", "variant", "seconds"}."""
     from agiqa.data.synth import generate_synthetic
@@ -51,7 +52,7 @@ def run_demo(out: str | Path, n: int = 600, seed: int = 0, epochs: int | None = 
     data_dir = out / "data"
     if not (data_dir / "data.csv").is_file():
         print(f"Generating {n} synthetic AI-generated images in {data_dir} ...")
-        generate_synthetic(data_dir, n=n, seed=seed)
+        generate_synthetic(data_dir, n=n, seed=seed, image_size=DEMO_IMAGE_SIZE)
     overrides = [f"data.root={data_dir}", f"trainer.seed={seed}", f"output_dir={out / 'run'}"]
     if epochs:
         overrides.append(f"trainer.max_epochs={epochs}")

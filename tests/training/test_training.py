@@ -60,6 +60,7 @@ def test_train_writes_predictions_metrics_report_and_a_reloadable_model(synth_ro
     metrics = train(config, progress=False)
     run = tmp_path / "run"
     for name in ("config.yaml", "split.json", "predictions.csv", "metrics.json", "report.md", "scatter.png",
+                 "training_curves.png",
                  "model/model.safetensors", "model/config.json", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
     predictions = pd.read_csv(run / "predictions.csv")

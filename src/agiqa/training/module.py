@@ -23,7 +23,7 @@ class IQAModule(L.LightningModule):
     """Wraps any registered quality model built by `create_model(model, **model_kwargs)`.
 
     Validation logs `val/srcc`, `val/plcc` (raw, as the official code) and `val/score` = their sum, which picks
-    the best epoch. Test and predict steps collect (row, prediction, MOS) for the reports.
+    the best epoch; testing happens outside Lightning, once, on the chosen checkpoint (`training.run`).
     """
 
     def __init__(self, model: str = "ma_agiqa", model_kwargs: dict | None = None, pretrained: str | bool = False,
@@ -62,12 +62,6 @@ class IQAModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._collect("val", batch)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._collect("test", batch)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._predict(batch)
-
     def gathered(self, stage: str) -> np.ndarray:
         """(n, 3) array of [row, prediction, MOS] for a stage, gathered over all processes, one row per image."""
         local = torch.cat(self._outputs.get(stage, [torch.empty(0, 3, device=self.device)]))
@@ -82,16 +76,16 @@ class IQAModule(L.LightningModule):
         self._outputs["val"] = []
 
     def on_validation_epoch_end(self) -> None:
-        table = self.gathered("val")
-        if len(table) < 3 or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
-        metrics = compute_metrics(table[:, 1], table[:, 2])
-        srcc, plcc = float(metrics["srcc"]), float(metrics["plcc_raw"])
-        score = np.nan_to_num(srcc, nan=-1.0) + np.nan_to_num(plcc, nan=-1.0)
-        self.log_dict({"val/srcc": srcc, "val/plcc": plcc, "val/score": float(score)}, prog_bar=True, sync_dist=False)
-
-    def on_test_epoch_start(self) -> None:
-        self._outputs["test"] = []
+        table = self.gathered("val")
+        srcc = plcc = float("nan")
+        if len(table) >= 3:
+            metrics = compute_metrics(table[:, 1], table[:, 2])
+            srcc, plcc = float(metrics["srcc"]), float(metrics["plcc_raw"])
+        # Undefined correlations (constant predictions, tiny val set) count as the worst score, -1 each.
+        score = float(np.nan_to_num(srcc, nan=-1.0) + np.nan_to_num(plcc, nan=-1.0))
+        self.log_dict({"val/srcc": srcc, "val/plcc": plcc, "val/score": score}, prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -59,13 +59,41 @@ def _fmt(value) -> str:
     return "nan" if value is None else f"{value:.4f}"
 
 
-def scatter_plot(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Prediction vs MOS scatter, coloured by generator."""
+def training_curves_plot(metrics_csv: str | Path, path: str | Path) -> Path | None:
+    """Train loss and validation SRCC/PLCC per epoch from Lightning's CSV log; None when nothing was logged."""
+    log = pd.read_csv(metrics_csv)
+    val = log.dropna(subset=["val/srcc"]) if "val/srcc" in log else log.iloc[0:0]
+    train = log.dropna(subset=["train/loss"]) if "train/loss" in log else log.iloc[0:0]
+    if val.empty and train.empty:
+        return None
+    plt = _pyplot()
+    fig, (loss_ax, corr_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    if not train.empty:
+        loss_ax.plot(train["step"], train["train/loss"], lw=1)
+    loss_ax.set(xlabel="step", ylabel="training loss", title="training")
+    for key in ("val/srcc", "val/plcc"):
+        if not val.empty:
+            corr_ax.plot(val["epoch"], val[key], marker="o", ms=3, label=key.split("/")[1].upper())
+    corr_ax.set(xlabel="epoch", ylabel="correlation", title="validation")
+    corr_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def scatter_plot(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Prediction vs MOS scatter, coloured by generator."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for generator, group in predictions.groupby("generator", sort=True):
         ax.scatter(group["mos"], group["prediction"], s=10, alpha=0.7, label=str(generator) or "unknown")

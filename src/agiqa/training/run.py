@@ -19,7 +19,7 @@ from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
 from agiqa.training.module import IQAModule, model_scores
-from agiqa.training.reports import predictions_frame, write_evaluation
+from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
 
 _logger = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     datamodule.fit_data.split.to_json(out / "split.json")
     metrics = evaluate_module(module.model, datamodule, out, title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}")
     metrics["best_checkpoint"] = str(best if best.is_file() else last)
+    logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if logs:  # this session's log (one folder per session; --resume starts a new one)
+        training_curves_plot(logs[-1], out / "training_curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
