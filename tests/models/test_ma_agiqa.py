@@ -104,6 +104,8 @@ def test_ablation_variants_build_and_train_one_step(overrides):
     for layer in expert_layers:  # every expert that exists is trained
         assert any(k.startswith(layer) for k in changed), layer
     assert any(k.startswith("vit.") for k in changed) == model.config.use_maniqa
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == set(model.unused_parameter_names())
 
 
 def test_missing_semantic_features_is_a_clear_error():

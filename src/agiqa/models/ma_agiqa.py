@@ -25,6 +25,9 @@ __all__ = ["MaAgiqa", "MaAgiqaConfig", "AdaptiveFusion", "OFFICIAL_UNUSED_PREFIX
 GATE_ACTIVATIONS = ("none", "sigmoid", "softmax")
 FUSIONS = ("moe", "concat")
 
+MANIQA_MODULE_PREFIXES = ("vit.", "tablock1.", "conv1.", "swintransformer1.", "tablock2.", "conv2.",
+                          "swintransformer2.", "fc_score.", "fc_weight.")
+
 # Modules present in the released AGIQA-3K state dict but never used by its forward pass.
 OFFICIAL_UNUSED_PREFIXES = (
     "fc39_784.",
@@ -181,6 +184,12 @@ class MaAgiqa(AfmLayers, Maniqa):
         config = config or MaAgiqaConfig()
         Maniqa.__init__(self, config)
         self._build_afm(config)
+
+    def unused_parameter_names(self) -> list[str]:
+        """Beyond MANIQA's unused parameters, the whole MANIQA branch when its expert is switched off."""
+        if self.config.use_maniqa:
+            return Maniqa.unused_parameter_names(self)
+        return [name for name, _ in self.named_parameters() if name.startswith(MANIQA_MODULE_PREFIXES)]
 
     def forward_features(self, x: torch.Tensor | None, semantic: torch.Tensor | None = None) -> torch.Tensor:
         """Fused representation (B, num_patches) (or concatenated experts); `x` may be None for LMM-only variants."""

@@ -472,6 +472,23 @@ class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image
         self.num_features = c.head_dim
         self.register_buffer("_norm_mean", torch.tensor(c.norm_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_norm_std", torch.tensor(c.norm_std).view(1, 3, 1, 1), persistent=False)
+        self.freeze_unused_parameters()
+
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters kept only so official checkpoints load (ViT blocks after the last hook, final norm, classifier
+        head, Swin `downsample`): the forward pass never touches them."""
+        after_last_hook = range(max(self.hooked_blocks) + 1, len(self.vit.blocks))
+        prefixes = tuple(f"vit.blocks.{i}." for i in after_last_hook) + (
+            "vit.norm.", "vit.fc_norm.", "vit.head.", "swintransformer1.downsample.", "swintransformer2.downsample.")
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
+    def freeze_unused_parameters(self) -> None:
+        """`requires_grad=False` on unused parameters: the optimiser leaves them as loaded, and DDP does not wait
+        for gradients that never come (no `find_unused_parameters` needed)."""
+        unused = set(self.unused_parameter_names())
+        for name, param in self.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
 
     @staticmethod
     def _create_backbone(c: ManiqaConfig) -> nn.Module:
