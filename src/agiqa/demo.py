@@ -27,13 +27,15 @@ def register(subparsers) -> None:
 
 
 def _demo(args) -> int:
+    from agiqa.training.reports import METRIC_KEYS, format_value
+
     results = run_demo(args.out, n=args.n, seed=args.seed, epochs=args.epochs, encoder=args.encoder,
                        trust_remote_code=args.trust_remote_code, progress=not args.quiet)
     overall = results["metrics"]["overall"]
     print()
     print(f"Demo model: {results['variant']}")
-    print("Test metrics ({} held-out images): SRCC {:.4f}  PLCC {:.4f}  KRCC {:.4f}  RMSE {:.4f}".format(
-        overall["n"], *(float("nan") if overall[k] is None else overall[k] for k in ("srcc", "plcc", "krcc", "rmse"))))
+    values = "  ".join(f"{key.upper()} {format_value(overall[key])}" for key in METRIC_KEYS)
+    print(f"Test metrics ({overall['n']} held-out images): {values}")
     print(f"Took {results['seconds']:.0f} s. Outputs in {results['run_dir']}:")
     for name in ("predictions.csv", "metrics.json", "report.md", "scatter.png", "training_curves.png", "model/"):
         print(f"  {Path(results['run_dir']) / name}")

@@ -54,14 +54,12 @@ def _train(args) -> int:
 
 
 def _print_overall(metrics: dict, out_dir) -> None:
+    from agiqa.training.reports import METRIC_KEYS, format_value
+
     overall = metrics["overall"]
-    values = "  ".join(f"{key.upper()} {_fmt(overall.get(key))}" for key in ("srcc", "plcc", "krcc", "rmse"))
+    values = "  ".join(f"{key.upper()} {format_value(overall.get(key))}" for key in METRIC_KEYS)
     print(f"test ({overall.get('n')} images): {values}")
     print(f"results in {out_dir}")
-
-
-def _fmt(value) -> str:
-    return "nan" if value is None else f"{value:.4f}"
 
 
 def _register_evaluate(subparsers) -> None:

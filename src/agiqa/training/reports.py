@@ -48,14 +48,15 @@ def metrics_markdown(metrics: dict, title: str = "Test results") -> str:
     lines = [f"## {title}", "", "| subset | n | SRCC | PLCC | KRCC | RMSE |", "|---|---|---|---|---|---|"]
     rows = [("overall", metrics["overall"])] + sorted(metrics.get("per_generator", {}).items())
     for name, values in rows:
-        cells = [_fmt(values.get(key)) for key in METRIC_KEYS]
+        cells = [format_value(values.get(key)) for key in METRIC_KEYS]
         lines.append(f"| {name} | {values.get('n', '')} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("PLCC and RMSE are computed after the official 4-parameter logistic fit; SRCC and KRCC on raw scores.")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
+    """A metric for people: 4 decimals, "nan" for an undefined one (stored as None in metrics.json)."""
     return "nan" if value is None else f"{value:.4f}"
 
 
