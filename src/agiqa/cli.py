@@ -34,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_lightning(verbose: bool) -> None:
+    """Keep Lightning's start-up chatter (devices, tips) out of the CLI output unless -v.
+
+    Lightning sets its loggers to INFO when it is imported, so this imports it first; training commands call it.
+    """
+    import lightning.pytorch  # noqa: F401
+
+    if not verbose:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     from agiqa.errors import AgiqaError
 
@@ -42,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("agiqa").setLevel(logging.INFO)
-        logging.getLogger("lightning").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except AgiqaError as err:

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
 
 
 def _demo(args) -> int:
+    from agiqa.cli import quiet_lightning
+
+    quiet_lightning(args.verbose)
     from agiqa.training.reports import METRIC_KEYS, format_value
 
     results = run_demo(args.out, n=args.n, seed=args.seed, epochs=args.epochs, encoder=args.encoder,

@@ -39,6 +39,9 @@ def load_config(args):
 
 
 def _train(args) -> int:
+    from agiqa.cli import quiet_lightning
+
+    quiet_lightning(args.verbose)
     import yaml
 
     config = load_config(args)
@@ -91,6 +94,9 @@ def _register_evaluate(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
+    from agiqa.cli import quiet_lightning
+
+    quiet_lightning(args.verbose)
     from agiqa.training.config import DataSection, FeatureSection
     from agiqa.training.run import evaluate, model_image_size
 
@@ -122,6 +128,9 @@ def _register_reproduce(subparsers) -> None:
 
 
 def _reproduce(args) -> int:
+    from agiqa.cli import quiet_lightning
+
+    quiet_lightning(args.verbose)
     from agiqa.errors import AgiqaError
     from agiqa.training.reproduce import reproduce
 
