@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from agiqa.models import create_model
 from agiqa.models.maniqa import (

@@ -11,6 +11,20 @@ from agiqa.models._registry import (
     register_model,
 )
 
+__all__ = [
+    "PretrainedCfg",
+    "WeightsNotFoundError",
+    "create_model",
+    "get_model_info",
+    "get_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "list_pretrained",
+    "load_pretrained",
+    "load_state_dict_file",
+    "register_model",
+]
+
 # Importing the family modules registers their entrypoints.
 from agiqa.models import maniqa  # noqa: E402,F401
 from agiqa.models import ma_agiqa  # noqa: E402,F401

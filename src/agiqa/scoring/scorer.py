@@ -95,7 +95,7 @@ class Scorer:
 
     def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
         from agiqa.scoring.inference import inference_context
-        from agiqa.training.datamodule import normalize, resize_image
+        from agiqa.data.transforms import normalize, resize_image
         from agiqa.training.module import model_scores
 
         x = normalize(torch.stack([resize_image(image, self.image_size) for image in pil_images])).to(self.device)
