@@ -37,9 +37,14 @@ def build_module(config: TrainConfig) -> IQAModule:
                      loss=optim.loss)
 
 
+def with_image_cache(data: DataSection) -> DataSection:
+    """A copy of `data` whose decoded-image cache defaults to $AGIQA_CACHE_DIR/images (~/.cache/agiqa/images)."""
+    cache = data.image_cache or str(Path(default_cache_dir()) / "images")
+    return dataclasses.replace(copy.deepcopy(data), image_cache=cache)
+
+
 def build_datamodule(config: TrainConfig, needs_semantic: bool) -> AGIQADataModule:
-    data = copy.deepcopy(config.data)
-    data.image_cache = data.image_cache or str(Path(default_cache_dir()) / "images")
+    data = with_image_cache(config.data)
     test_config = None
     if config.test.dataset:
         test_config = dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
@@ -160,8 +165,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
     from agiqa.models import create_model
 
     model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
-    data = copy.deepcopy(data)
-    data.image_cache = data.image_cache or str(Path(default_cache_dir()) / "images")
+    data = with_image_cache(data)
     needs_semantic = bool(getattr(model.config, "semantic_experts", ()))
     datamodule = AGIQADataModule(data, needs_semantic=needs_semantic, test_subset=subset)
     datamodule.prepare_data()
