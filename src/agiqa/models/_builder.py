@@ -1,7 +1,6 @@
 """Resolve and load weights: in-memory state dict, then a local file, then the Hugging Face Hub, then a URL."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from agiqa._files import sha256_file
 from agiqa.models._pretrained import PretrainedCfg
 
 _logger = logging.getLogger(__name__)
@@ -19,14 +19,6 @@ WEIGHTS_DIR_ENV = "AGIQA_WEIGHTS_DIR"
 
 class WeightsNotFoundError(RuntimeError):
     """Raised when no source of a requested pretrained weight can be reached."""
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -97,6 +89,16 @@ def resolve_pretrained_file(cfg: PretrainedCfg, cache_dir: str | None = None) ->
     )
 
 
+def verified_pretrained_file(cfg: PretrainedCfg, cache_dir: str | None = None) -> Path:
+    """`resolve_pretrained_file`, then the cfg's sha256 (when it has one) checked against the file."""
+    path = resolve_pretrained_file(cfg, cache_dir)
+    if cfg.sha256:
+        actual = sha256_file(path)
+        if actual != cfg.sha256:
+            raise RuntimeError(f"sha256 mismatch for {path}: expected {cfg.sha256}, got {actual}")
+    return path
+
+
 def load_pretrained(
     model: nn.Module,
     source: PretrainedCfg | str | os.PathLike | dict,
@@ -107,11 +109,7 @@ def load_pretrained(
     if isinstance(source, dict):
         state_dict, origin = source, "in-memory state dict"
     else:
-        path = resolve_pretrained_file(source, cache_dir) if isinstance(source, PretrainedCfg) else Path(source)
-        if isinstance(source, PretrainedCfg) and source.sha256:
-            actual = sha256_of(path)
-            if actual != source.sha256:
-                raise RuntimeError(f"sha256 mismatch for {path}: expected {source.sha256}, got {actual}")
+        path = verified_pretrained_file(source, cache_dir) if isinstance(source, PretrainedCfg) else Path(source)
         state_dict, origin = load_state_dict_file(path), str(path)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
@@ -180,11 +178,7 @@ def build_model_with_cfg(
     source = pretrained
     if isinstance(pretrained, PretrainedCfg):
         # Find (or download) the weights before building: a missing file fails fast, without a wasted model build.
-        source = resolve_pretrained_file(pretrained, cache_dir)
-        if pretrained.sha256:
-            actual = sha256_of(source)
-            if actual != pretrained.sha256:
-                raise RuntimeError(f"sha256 mismatch for {source}: expected {pretrained.sha256}, got {actual}")
+        source = verified_pretrained_file(pretrained, cache_dir)
     elif isinstance(pretrained, (str, os.PathLike)) and not Path(pretrained).is_file():
         raise WeightsNotFoundError(f"Weights file not found: {pretrained}. Use `pretrained=False` for random init.")
     model = model_cls(config_cls(**model_kwargs))

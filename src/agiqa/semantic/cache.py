@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from agiqa._files import sha256_file
 from agiqa.errors import AgiqaError
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,6 @@ class MissingFeaturesError(AgiqaError, KeyError):
 
 class FeatureCacheError(AgiqaError):
     """The directory is not a feature cache, or a shard is unreadable."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def feature_key(content_hash: str, generation_prompt: str | None = None) -> str:
