@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from agiqa.runtime import autocast, resolve_device, resolve_precision
+from agiqa.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision
 
 _logger = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ def prepare_model(
 
     MANIQA already keeps its 3x3 convolutions in channels-last layout internally, so ``channels_last`` only changes
     the parameter layout (useful for CNN backbones). Compilation falls back to eager with a warning if it fails.
+    On CPU it also calls :func:`agiqa.runtime.keep_freed_memory` (no page faults on re-used activation memory).
     """
-    model = model.to(resolve_device(device)).eval()
+    device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
