@@ -117,6 +117,22 @@ def test_missing_semantic_features_is_a_clear_error():
         model(x, semantic[..., :8])
 
 
+@pytest.mark.parametrize("overrides", [{}, {"use_maniqa": False}, {"fusion": "concat"}])
+def test_scores_stay_fp32_under_bf16_autocast(overrides):
+    torch.manual_seed(0)
+    model = create_model("test_ma_agiqa", **overrides).eval()
+    x, semantic = tiny_inputs(batch=32)
+    with torch.inference_mode():
+        reference = model(x, semantic)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            scores = model(x, semantic)
+    assert scores.dtype == torch.float32
+    assert scores.unique().numel() == 32  # not rounded to bf16 steps
+    assert (scores - reference).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="needs semantic features"), torch.autocast("cpu", dtype=torch.bfloat16):
+        create_model("test_ma_agiqa", use_maniqa=False)(None)
+
+
 def test_invalid_config_is_refused():
     with pytest.raises(ValueError, match="at least one expert"):
         MaAgiqaConfig(semantic_experts=(), use_maniqa=False)

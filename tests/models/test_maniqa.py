@@ -306,6 +306,18 @@ def test_bf16_autocast_close_to_fp32():
     assert (low.float() - ref).abs().max() < 1e-2
 
 
+def test_scores_stay_fp32_under_bf16_autocast():
+    # bf16 scores would be rounded to 8 mantissa bits, tying nearby images; the heads run in fp32 instead.
+    model = tiny_model()
+    with torch.no_grad():
+        model.fc_score[3].bias.fill_(4.0)  # scores near 4, where bf16 steps are 1/32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model(tiny_input(32))
+        features = model.forward_features(tiny_input(2))
+    assert scores.dtype == features.dtype == torch.float32
+    assert scores.unique().numel() == 32
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Persistence and official checkpoints
 # ---------------------------------------------------------------------------------------------------------------------

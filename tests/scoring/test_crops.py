@@ -121,8 +121,10 @@ def test_predict_views_with_tiny_maniqa_is_chunk_invariant():
         model.fc_score[3].bias.fill_(0.5)
     views = crop_views(image(48, 64), 32, "grid")
     a = predict_views(model, views, batch_size=1, precision="fp32")
-    b = predict_views(model, views, batch_size=32, precision="auto")  # auto = fp32 on CPUs without fast bf16
+    b = predict_views(model, views, batch_size=32, precision="fp32")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    auto = predict_views(model, views, batch_size=32, precision="auto")  # bf16 on CPUs with AMX / AVX512-BF16
+    torch.testing.assert_close(auto, a, rtol=0, atol=1e-2)
     with torch.no_grad():
         direct = model(model.normalize(views)).mean()
     torch.testing.assert_close(a, direct, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ from agiqa.semantic.cache import FeatureCache, feature_key, sha256_file
 from agiqa.semantic.official import official_fingerprint
 from agiqa.training.config import TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
-from agiqa.training.run import train
+from agiqa.training.run import inference_precision, train
 
 N_IMAGES = 60
 METRIC_KEYS = {"srcc", "plcc", "krcc", "rmse", "plcc_raw", "rmse_raw", "n"}
@@ -154,3 +154,9 @@ def test_ddp_with_two_processes_gives_the_same_metrics_format(synth_root, tmp_pa
     metrics = train(config, progress=False)
     assert METRIC_KEYS <= set(metrics["overall"])
     assert metrics["n_scored"] == metrics["n_test"] == 12
+
+
+@pytest.mark.parametrize("trained, tested", [("32-true", "fp32"), ("32", "fp32"), ("bf16-mixed", "bf16"),
+                                             ("bf16-true", "bf16"), ("16-mixed", "fp16")])
+def test_a_run_is_tested_in_its_training_precision(trained, tested):
+    assert inference_precision(trained) == tested

@@ -15,7 +15,7 @@ from torch import nn
 from agiqa.models._builder import build_model_with_cfg
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
-from agiqa.models.maniqa import Maniqa, ManiqaConfig, _tiny_maniqa_kwargs
+from agiqa.models.maniqa import Maniqa, ManiqaConfig, _tiny_maniqa_kwargs, full_precision
 from agiqa.models.maniqa import checkpoint_filter_fn as maniqa_checkpoint_filter_fn
 
 _logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class AfmLayers:
             for name, index in zip(self.semantic_expert_names, self.config.semantic_experts):
                 outputs.append(getattr(self, name)(semantic[:, index]))
         if self.config.use_maniqa:
-            outputs.append(getattr(self, self.visual_expert_name)(visual))
+            outputs.append(getattr(self, self.visual_expert_name)(visual.float()))
         return torch.stack(outputs, dim=1)
 
     def _check_semantic(self, semantic: torch.Tensor | None) -> None:
@@ -146,16 +146,21 @@ class AfmLayers:
         return logits
 
     def fuse(self, visual: torch.Tensor | None, semantic: torch.Tensor | None = None) -> torch.Tensor:
-        """Fused quality representation (B, num_patches) for MoE, or the concatenated experts for "concat"."""
-        experts = self.experts(visual, semantic)
-        if self.config.fusion == "concat":
-            return experts.flatten(1)
-        return torch.bmm(self.gates(experts).unsqueeze(1), experts).squeeze(1)
+        """Fused quality representation (B, num_patches) for MoE, or the concatenated experts for "concat".
+
+        Runs in fp32 under autocast too (see `agiqa.models.maniqa.full_precision`); its cost is negligible.
+        """
+        with full_precision(visual if visual is not None else semantic):
+            experts = self.experts(visual, semantic)
+            if self.config.fusion == "concat":
+                return experts.flatten(1)
+            return torch.bmm(self.gates(experts).unsqueeze(1), experts).squeeze(1)
 
     def regress(self, fused: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) from `fuse`'s output."""
+        """Scores (B,) from `fuse`'s output, in fp32 under autocast too."""
         head = self.concat_head if self.config.fusion == "concat" else self.output_fc
-        return head(fused).squeeze(-1)
+        with full_precision(fused):
+            return head(fused.float()).squeeze(-1)
 
 
 class AdaptiveFusion(AfmLayers, nn.Module):

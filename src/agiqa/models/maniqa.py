@@ -44,6 +44,7 @@ __all__ = [
     "ManiqaSwinStage",
     "ManiqaWindowAttention",
     "checkpoint_filter_fn",
+    "full_precision",
     "load_official_checkpoint",
     "MA_AGIQA_ONLY_MODULES",
 ]
@@ -106,6 +107,15 @@ class ManiqaTABlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(B, C, N)  # official quirk, see class docstring
         return x + self.proj_drop(out)
+
+
+def full_precision(x: torch.Tensor | None):
+    """Autocast switched off for ``x``'s device (CPU for None): score heads run in fp32 under bf16/fp16 autocast.
+
+    They cost next to nothing, and bf16 outputs (8 mantissa bits: steps of 0.03 near a MOS of 4) would tie many
+    nearby scores and distort rank metrics such as SRCC.
+    """
+    return torch.autocast(x.device.type if x is not None else "cpu", enabled=False)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -580,8 +590,10 @@ class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image
         return x
 
     def scores_from_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, N, C)`` -> per-patch ``(score >= 0, weight in (0, 1))``, each ``(B, N)``."""
-        return self.fc_score(tokens).squeeze(-1), self.fc_weight(tokens).squeeze(-1)
+        """Tokens ``(B, N, C)`` -> per-patch ``(score >= 0, weight in (0, 1))``, each ``(B, N)``, always fp32."""
+        with full_precision(tokens):
+            tokens = tokens.float()
+            return self.fc_score(tokens).squeeze(-1), self.fc_weight(tokens).squeeze(-1)
 
     def patch_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images -> per-patch ``(score, weight)``, each ``(B, N)``."""

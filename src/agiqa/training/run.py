@@ -62,6 +62,14 @@ def lightning_precision(precision: str, accelerator: str) -> str:
     return LIGHTNING_PRECISION[resolve_precision("auto", device)]
 
 
+def inference_precision(lightning_precision_name: str) -> str:
+    """The scoring precision matching a Lightning training precision ("32-true" → fp32, "bf16-mixed" → bf16)."""
+    for prefix, precision in (("bf16", "bf16"), ("16", "fp16")):
+        if str(lightning_precision_name).startswith(prefix):
+            return precision
+    return "fp32"
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Fit with validation-based model selection, then test the best epoch; returns the test metrics.
 
@@ -86,7 +94,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     module.model.save_pretrained(out / "model")
     datamodule.setup("test")
     datamodule.fit_data.split.to_json(out / "split.json")
-    metrics = evaluate_module(module.model, datamodule, out, title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}")
+    # Tested in the precision it was trained in: a 32-true run reports fp32 metrics even on a bf16-capable CPU.
+    metrics = evaluate_module(module.model, datamodule, out,
+                              title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}",
+                              precision=inference_precision(trainer.precision))
     metrics["best_checkpoint"] = str(best if best.is_file() else last)
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     if logs:  # this session's log (one folder per session; --resume starts a new one)
