@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from agiqa.models import create_model
-from agiqa.runtime import autocast, resolve_device, resolve_precision
+from agiqa.runtime import autocast, resolve_device, resolve_precision, torch_dtype
 from agiqa.scoring.inference import prepare_model
 
 
@@ -86,7 +86,7 @@ def _release_cpu_memory() -> None:
 
 
 def matmul_peak(device: torch.device, n: int, dtype=torch.float32, repeats: int = 5) -> float:
-    """Best-of GFLOP/s of an ``n x n`` fp32 ``torch.mm`` on ``device`` (the reference "machine limit")."""
+    """Best-of GFLOP/s of an ``n x n`` ``torch.mm`` in ``dtype`` on ``device`` (the reference "machine limit")."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
@@ -154,8 +154,9 @@ def run(args) -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
     print(f"model: {name} {size}px; counted GFLOP/image: needed {flops / 1e9:.1f}, official forward "
           f"{(flops + extra) / 1e9:.1f} (dead work skipped: {extra / 1e9:.1f})")
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); each row also re-measures it right before the row "
-          "('mm now') because other processes may share the machine; %peak uses the row's own measurement")
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); each row re-measures the matmul peak in its own "
+          "precision right before the row ('mm now': other processes may share the machine, and bf16/fp16 rows need "
+          "their own limit); %peak uses the row's own measurement")
     print(f"{'variant':<14}{'batch':>6}{'prec':>6}{'img/s':>10}{'s/img':>9}{'GFLOP/s':>10}{'mm now':>8}{'%peak':>7}"
           f"{'peak MB':>9}")
 
@@ -168,7 +169,7 @@ def run(args) -> None:
         model = prepare_model(base, device=device, compile=compiled)
         for batch in args.batch:
             x = base.normalize(torch.rand(batch, 3, size, size, device=device))
-            peak_now = matmul_peak(device, peak_n, repeats=3)
+            peak_now = matmul_peak(device, peak_n, dtype=torch_dtype(precision), repeats=3)
             _release_cpu_memory()
             with torch.inference_mode(), autocast(precision, device), PeakMemory(device) as mem:
                 for _ in range(args.warmup):
