@@ -1,6 +1,7 @@
 """`agiqa demo`: synthetic AGIQA data → (semantic features) → train a small MA-AGIQA on CPU → evaluate → report."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--n", type=int, default=10000, help="number of synthetic images (more data is what the from-scratch model needs most)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training")
     parser.add_argument("--epochs", type=int, help="training epochs (default from the demo config)")
+    parser.add_argument("--mismatch-rate", type=float, default=0.3,
+                        help="share of images drawn unlike their prompt (lowers quality; only semantic experts see it)")
     parser.add_argument("--encoder", help="local VLM (Hugging Face id in the local cache, or a directory) for "
                         "semantic features; without it the MANIQA-expert-only ablation is trained")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the encoder's own code (mPLUG-Owl2)")
@@ -33,7 +36,8 @@ def _demo(args) -> int:
     from agiqa.training.reports import METRIC_KEYS, format_value
 
     results = run_demo(args.out, n=args.n, seed=args.seed, epochs=args.epochs, encoder=args.encoder,
-                       trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+                       trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                       mismatch_rate=args.mismatch_rate)
     overall = results["metrics"]["overall"]
     print()
     print(f"Demo model: {results['variant']}")
@@ -46,8 +50,11 @@ def _demo(args) -> int:
 
 
 def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None = None, encoder: str | None = None,
-             trust_remote_code: bool = False, progress: bool = True) -> dict:
-    """Run the whole demo and return {"metrics", "run_dir", "variant", "seconds"}."""
+             trust_remote_code: bool = False, progress: bool = True, mismatch_rate: float = 0.3) -> dict:
+    """Run the whole demo and return {"metrics", "run_dir", "variant", "seconds"}.
+
+    Data already in `out`/data is reused as it is (whatever `n`, `seed` and `mismatch_rate` made it).
+    """
     from agiqa.data.synth import generate_synthetic
     from agiqa.training.config import TrainConfig
     from agiqa.training.run import train
@@ -57,7 +64,7 @@ def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None 
     data_dir = out / "data"
     if not (data_dir / "data.csv").is_file():
         print(f"Generating {n} synthetic AI-generated images in {data_dir} ...")
-        generate_synthetic(data_dir, n=n, seed=seed, image_size=DEMO_IMAGE_SIZE)
+        generate_synthetic(data_dir, n=n, seed=seed, image_size=DEMO_IMAGE_SIZE, mismatch_rate=mismatch_rate)
     overrides = [f"data.root={data_dir}", f"trainer.seed={seed}", f"output_dir={out / 'run'}"]
     if epochs:
         overrides.append(f"trainer.max_epochs={epochs}")
@@ -71,7 +78,15 @@ def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None 
         print("No VLM given (--encoder), so there are no semantic features: training the MANIQA-expert-only "
               "ablation rather than pretending with random features.")
     config = TrainConfig.from_yaml(DEMO_CONFIG, overrides)
+    config.optim.t_max = cosine_steps(data_dir, config)
     print(f"Training {variant} for {config.trainer.max_epochs} epochs on {config.data.image_size}px images ...")
     metrics = train(config, progress=progress)
     return {"metrics": metrics, "run_dir": config.output_dir, "variant": variant,
             "seconds": time.perf_counter() - start}
+
+
+def cosine_steps(data_dir: Path, config) -> int:
+    """Optimiser steps of the whole run (train part of the official 70/10/20 split), so the per-batch cosine schedule
+    reaches its minimum at the last step for any `--epochs` or data size."""
+    rows = sum(1 for _ in open(data_dir / "data.csv", encoding="utf-8")) - 1
+    return math.ceil(int(0.7 * rows) / config.data.batch_size) * config.trainer.max_epochs

@@ -91,6 +91,17 @@ def test_degradations_visible_in_image_statistics(synth_dir):
     assert stats.spearmanr(energy[no_added_detail], softening[no_added_detail])[0] < -0.5
 
 
+def test_every_image_has_smooth_tones_for_banding_to_show(synth_dir):
+    # The lighting ramp: even a flat background differs between opposite corners, so quantisation makes steps.
+    meta = pd.read_csv(synth_dir / "synth_meta.csv")
+    flat_clean = meta[(meta["style"] == "flat") & (meta[list(DEGRADATIONS)].sum(axis=1) == 0)]
+    assert len(flat_clean) >= 5
+    for name in flat_clean["name"]:
+        a = np.asarray(Image.open(synth_dir / name).convert("L"), dtype=np.float64)
+        corners = [a[:3, :3].mean(), a[:3, -3:].mean(), a[-3:, :3].mean(), a[-3:, -3:].mean()]
+        assert max(corners) - min(corners) > 0.1 * max(corners), name
+
+
 def test_generators_differ(synth_dir):
     meta = pd.read_csv(synth_dir / "synth_meta.csv")
     by_gen = meta.groupby("generator")[list(DEGRADATIONS)].mean()

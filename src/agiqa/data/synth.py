@@ -48,6 +48,7 @@ MISMATCH_WEIGHT = 0.25
 # true_alignment = ALIGN_BASE[mismatch] - ALIGN_BLUR * blur - ALIGN_NOISE * noise
 ALIGN_BASE = {"none": 4.5, "count": 2.8, "colour": 1.8, "shape": 1.2}
 ALIGN_BLUR, ALIGN_NOISE = 0.5, 0.3
+LIGHT_RANGE = (0.3, 0.5)  # lighting ramp: relative brightness change across the image (see _light)
 N_RATERS = 20
 SCORE_RANGE = (0.0, 5.0)
 META_FILE = "synth_meta.csv"
@@ -164,7 +165,21 @@ def _render(row: pd.Series, size: int, rng: np.random.Generator) -> Image.Image:
         else:
             angle = -math.pi / 2 + (math.pi / 4 if row["drawn_shape"] == "square" else 0)
             draw.polygon(_shape_polygon(row["drawn_shape"], cx, cy, r, angle), fill=fill, outline=outline, width=2)
-    return canvas.resize((size, size), Image.Resampling.LANCZOS)
+    return _light(canvas, rng).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _light(canvas: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Multiply by a linear lighting ramp in a random direction (the gain changes by a fraction drawn from
+    LIGHT_RANGE along an axis-parallel ramp, up to √2 times that along a diagonal one): every image then has smooth
+    tones, like real photos and renders, so colour banding shows as visible steps instead of an invisible shift of
+    flat colours."""
+    arr = np.asarray(canvas, dtype=np.float64)
+    h, w = arr.shape[:2]
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[:h, :w]
+    ramp = (xx / (w - 1) - 0.5) * math.cos(angle) + (yy / (h - 1) - 0.5) * math.sin(angle)
+    gain = 1 + rng.uniform(*LIGHT_RANGE) * ramp
+    return Image.fromarray(np.clip(np.round(arr * gain[..., None]), 0, 255).astype(np.uint8))
 
 
 def _degrade(img: Image.Image, row: pd.Series, rng: np.random.Generator) -> Image.Image:
@@ -174,7 +189,7 @@ def _degrade(img: Image.Image, row: pd.Series, rng: np.random.Generator) -> Imag
         img = img.filter(ImageFilter.GaussianBlur(2.5 * row["blur"]))
     arr = np.asarray(img, dtype=np.float64)
     if row["banding"] > 0:
-        levels = round(24 - 20 * row["banding"])
+        levels = round(16 - 13 * row["banding"])
         step = 255 / (levels - 1)
         arr = np.round(arr / step) * step + rng.normal(0, 2 + 4 * row["banding"], arr.shape)
     if row["noise"] > 0:
