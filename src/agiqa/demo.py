@@ -86,8 +86,11 @@ def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None 
 
 
 def cosine_steps(data_dir: Path, config) -> int:
-    """Optimiser steps of the whole run (train part of the official 70/10/20 split), so the per-batch cosine schedule
+    """Optimiser steps of the whole run (train part of the demo's official split), so the per-batch cosine schedule
     reaches its minimum at the last step for any `--epochs` or data size."""
+    from agiqa.data.splits import official_split
+
     with open(data_dir / "data.csv", encoding="utf-8") as labels:
         rows = sum(1 for _ in labels) - 1
-    return math.ceil(int(0.7 * rows) / config.data.batch_size) * config.trainer.max_epochs
+    train_rows = len(official_split(rows).train)
+    return math.ceil(train_rows / config.data.batch_size) * config.trainer.max_epochs
