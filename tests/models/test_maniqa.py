@@ -119,6 +119,7 @@ def test_full_model_matches_official_layout():
     state = model.state_dict()
     assert state["swintransformer1.layers.0.blocks.0.attn.relative_position_index"].dtype == torch.int64
     assert model.config.num_patches == 784 and model.config.hooked_blocks == (6, 7, 8, 9)
+    assert model.cpu_micro_batch_size() == 1  # a 224 px crop runs alone on CPU
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,6 +163,28 @@ def test_eval_is_deterministic_and_batch_independent():
         single = torch.cat([model(x[i : i + 1]) for i in range(4)])
     assert torch.equal(a, b)
     torch.testing.assert_close(single, a, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_inference_runs_in_micro_batches(monkeypatch):
+    import agiqa.models.maniqa as maniqa_module
+
+    model = tiny_model()
+    x = tiny_input(5)
+    with torch.no_grad():
+        whole = model(x)
+    assert model.cpu_micro_batch_size() >= 5  # tiny models keep their batches
+    monkeypatch.setattr(maniqa_module, "CPU_MICRO_BATCH_TOKENS", 2 * (model.config.num_patches + 1) + 1)
+    assert model.cpu_micro_batch_size() == 2
+    steps = []
+    run_step = model._patch_tokens
+    monkeypatch.setattr(model, "_patch_tokens", lambda chunk: steps.append(len(chunk)) or run_step(chunk))
+    with torch.inference_mode():
+        chunked = model(x)
+    assert steps == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    steps.clear()
+    model(x).sum().backward()  # with gradients: one step, as the optimiser sees it
+    assert steps == [5]
 
 
 def test_train_mode_uses_dropout():

@@ -45,6 +45,7 @@ __all__ = [
     "ManiqaWindowAttention",
     "checkpoint_filter_fn",
     "full_precision",
+    "CPU_MICRO_BATCH_TOKENS",
     "load_official_checkpoint",
     "MA_AGIQA_ONLY_MODULES",
 ]
@@ -70,6 +71,9 @@ MA_AGIQA_ONLY_MODULES = (
     "output_fc",
 )
 
+
+# CPU inference runs the backbone in micro-batches of at most this many ViT tokens (see Maniqa.cpu_micro_batch_size).
+CPU_MICRO_BATCH_TOKENS = 1024
 
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks
@@ -587,8 +591,26 @@ class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image
         return x.view(x.shape[0], x.shape[1], *self.grid_size)
 
     def forward_patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``(B, 3, S, S)`` -> per-patch tokens ``(B, N, head_dim)`` (what the heads see)."""
+        """Normalised images ``(B, 3, S, S)`` -> per-patch tokens ``(B, N, head_dim)`` (what the heads see).
+
+        Without gradients on CPU the batch runs in micro-batches of :meth:`cpu_micro_batch_size` images.
+        """
         self.check_input(x)
+        step = self.cpu_micro_batch_size() if x.device.type == "cpu" and not torch.is_grad_enabled() else len(x)
+        if step >= len(x):
+            return self._patch_tokens(x)
+        return torch.cat([self._patch_tokens(chunk) for chunk in x.split(step)])
+
+    def cpu_micro_batch_size(self) -> int:
+        """Images per CPU inference step: as many as fit in :data:`CPU_MICRO_BATCH_TOKENS` ViT tokens, at least 1.
+
+        A full-size image (785 tokens) runs alone, so that its multi-MB activations stay in the CPU cache from one
+        layer to the next: batch 8 in bf16 ran 16 % faster image by image, fp32 the same. Tiny models keep their
+        batches (one step per batch would cost more in Python than it saves).
+        """
+        return max(1, CPU_MICRO_BATCH_TOKENS // (self.num_patches + 1))
+
+    def _patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_vit(x)
         for tab in self.tablock1:
             x = tab(x)
