@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from agiqa.models import create_model
 from agiqa.models.maniqa import (
@@ -13,8 +14,11 @@ from agiqa.models.maniqa import (
     ManiqaConfig,
     ManiqaSwinBlock,
     ManiqaTABlock,
+    ManiqaViTAttention,
     _tiny_maniqa_kwargs,
     load_official_checkpoint,
+    matmul_attention,
+    prefers_matmul_attention,
 )
 
 pytestmark = pytest.mark.timeout(120) if hasattr(pytest.mark, "timeout") else []
@@ -327,6 +331,53 @@ def test_bf16_autocast_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x)
     assert (low.float() - ref).abs().max() < 1e-2
+
+
+def test_attention_path_follows_precision_and_device():
+    x32 = torch.zeros(2, 3)
+    assert not prefers_matmul_attention(x32)
+    assert prefers_matmul_attention(x32.bfloat16()) and prefers_matmul_attention(x32.half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert prefers_matmul_attention(x32)
+    assert not prefers_matmul_attention(torch.zeros(2, 3, dtype=torch.bfloat16, device="meta"))
+
+
+def test_matmul_attention_matches_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 7, 5, generator=g) for _ in range(3))
+    torch.testing.assert_close(matmul_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    low = matmul_attention(q.bfloat16(), k, v)  # k, v follow q's dtype
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - F.scaled_dot_product_attention(q, k, v)).abs().max() < 5e-2
+
+
+def test_vit_attention_takes_the_matmul_path_only_in_low_precision_on_cpu(monkeypatch):
+    import agiqa.models.maniqa as maniqa_module
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    ours = ManiqaViTAttention(16, num_heads=2, qkv_bias=True).eval()
+    timm_attention = Attention(16, num_heads=2, qkv_bias=True).eval()
+    timm_attention.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 9, 16)
+    calls = []
+    monkeypatch.setattr(maniqa_module, "matmul_attention",
+                        lambda *a: calls.append(1) or matmul_attention(*a))
+    with torch.inference_mode():
+        assert torch.equal(ours(x), timm_attention(x)) and not calls  # fp32: timm's own fused path
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, ref_low = ours(x), timm_attention(x)
+    assert calls == [1]
+    torch.testing.assert_close(low.float(), ref_low.float(), rtol=0, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours.train()(x)
+    assert calls == [1]  # training (attention dropout) stays on timm's path
+
+
+def test_maniqa_vit_uses_our_attention_with_timm_keys():
+    model = tiny_model()
+    assert all(type(block.attn) is ManiqaViTAttention for block in model.vit.blocks)
+    assert "vit.blocks.0.attn.qkv.weight" in model.state_dict()
 
 
 def test_scores_stay_fp32_under_bf16_autocast():
