@@ -9,8 +9,9 @@ adds the dead work the official code also runs (ViT blocks after the last hooked
 is not executed there either). Peak memory (warm-up + timed runs) is CUDA ``max_memory_allocated`` on GPU, else the
 peak resident set size above the pre-run baseline (after ``malloc_trim``), sampled every 5 ms. Other processes sharing the CPU lower the numbers: check ``uptime``.
 
-Times are the best of ``--iters`` runs, like the matmul peak they are divided by (best of 3), so that a neighbour's
-burst on a shared machine lowers neither side of the ratio; the median is printed next to it.
+Times are the best of ``--iters`` runs. The matmul peak each row is divided by ('mm now') is measured in the row's
+own precision (bf16/fp16 rows need their own limit) and sampled between the timed runs, best of all samples, so that
+a busy spell on a shared machine lowers neither side of the ratio alone; the median time is printed too.
 """
 from __future__ import annotations
 
@@ -88,19 +89,29 @@ def _release_cpu_memory() -> None:
         pass
 
 
-def matmul_peak(device: torch.device, n: int, dtype=torch.float32, repeats: int = 5) -> float:
-    """Best-of GFLOP/s of an ``n x n`` ``torch.mm`` in ``dtype`` on ``device`` (the reference "machine limit")."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+class MatmulPeak:
+    """GFLOP/s of an ``n x n`` ``torch.mm`` in ``dtype`` on ``device`` (the reference "machine limit").
+
+    Operands and output are allocated once, so that sampling between model runs adds nothing to their peak memory;
+    ``best`` is the fastest sample taken so far.
+    """
+
+    def __init__(self, device: torch.device, n: int, dtype=torch.float32):
+        self.device = device
+        self.n = n
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.out = torch.mm(self.a, self.b)
+        self.best = 0.0
+
+    def sample(self, repeats: int = 1) -> float:
+        for _ in range(repeats):
+            _sync(self.device)
+            start = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.out)
+            _sync(self.device)
+            self.best = max(self.best, 2 * self.n**3 / (time.perf_counter() - start) / 1e9)
+        return self.best
 
 
 def _sync(device: torch.device) -> None:
@@ -149,7 +160,7 @@ def run(args) -> None:
     base = create_model(name).eval().to(device)
     size = base.config.img_size
     peak_n = args.matmul_n or (2048 if args.size == "full" else 512)
-    peak = matmul_peak(device, peak_n)
+    peak = MatmulPeak(device, peak_n).sample(repeats=5)
     x1 = torch.rand(1, 3, size, size, device=device)
     flops = count_flops(base, base.normalize(x1))
     extra = official_extra_flops(base, base.normalize(x1))
@@ -157,9 +168,8 @@ def run(args) -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
     print(f"model: {name} {size}px; counted GFLOP/image: needed {flops / 1e9:.1f}, official forward "
           f"{(flops + extra) / 1e9:.1f} (dead work skipped: {extra / 1e9:.1f})")
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); each row re-measures the matmul peak in its own "
-          "precision right before the row ('mm now': other processes may share the machine, and bf16/fp16 rows need "
-          "their own limit); %peak uses the row's own measurement")
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); 'mm now' = the row's own-precision matmul peak, "
+          "sampled between its timed runs; %peak = GFLOP/s / mm now (best run / best sample)")
     print(f"{'variant':<14}{'batch':>6}{'prec':>6}{'img/s':>10}{'s/img':>9}{'median':>9}{'GFLOP/s':>10}{'mm now':>8}"
           f"{'%peak':>7}{'peak MB':>9}")
 
@@ -172,7 +182,8 @@ def run(args) -> None:
         model = prepare_model(base, device=device, compile=compiled)
         for batch in args.batch:
             x = base.normalize(torch.rand(batch, 3, size, size, device=device))
-            peak_now = matmul_peak(device, peak_n, dtype=torch_dtype(precision), repeats=3)
+            peak_probe = MatmulPeak(device, peak_n, dtype=torch_dtype(precision))
+            peak_probe.sample(repeats=3)
             _release_cpu_memory()
             with torch.inference_mode(), autocast(precision, device), PeakMemory(device) as mem:
                 for _ in range(args.warmup):
@@ -180,11 +191,13 @@ def run(args) -> None:
                 _sync(device)
                 times = []
                 for _ in range(args.iters):
+                    peak_probe.sample()  # interleaved: a busy spell on a shared machine hits both sides of the ratio
                     start = time.perf_counter()
                     out = model(x)
                     _sync(device)
                     times.append(time.perf_counter() - start)
             seconds = min(times)
+            peak_now = peak_probe.best
             ips = batch / seconds
             gflops = flops * batch / seconds / 1e9
             label = f"{precision_arg}{'+compile' if compiled else ''}"
