@@ -160,7 +160,7 @@ def run(args) -> None:
     torch.manual_seed(0)
     base = create_model(name).eval().to(device)
     size = base.config.img_size
-    peak_n = args.matmul_n or (2048 if args.size == "full" else 512)
+    peak_n = args.matmul_n or (8192 if device.type == "cuda" else 2048 if args.size == "full" else 512)
     peak = MatmulPeak(device, peak_n).sample(repeats=5)
     x1 = torch.rand(1, 3, size, size, device=device)
     flops = count_flops(base, base.normalize(x1))
@@ -174,6 +174,9 @@ def run(args) -> None:
     print(f"{'variant':<14}{'batch':>6}{'prec':>6}{'img/s':>10}{'s/img':>9}{'median':>9}{'GFLOP/s':>10}{'mm now':>8}"
           f"{'%peak':>7}{'peak MB':>9}")
 
+    # The same images for every variant, so that the score differences below compare like with like.
+    inputs = {batch: base.normalize(torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)))
+              for batch in args.batch}
     variants = [(p, False) for p in args.precision]
     if args.compile:
         variants += [(p, True) for p in args.precision]
@@ -182,7 +185,7 @@ def run(args) -> None:
         precision = resolve_precision(precision_arg, device)
         model = prepare_model(base, device=device, compile=compiled)
         for batch in args.batch:
-            x = base.normalize(torch.rand(batch, 3, size, size, device=device))
+            x = inputs[batch].to(device)
             peak_probe = MatmulPeak(device, peak_n, dtype=torch_dtype(precision))
             peak_probe.sample(repeats=3)
             _release_cpu_memory()

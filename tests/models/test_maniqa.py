@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from agiqa.models import create_model
 from agiqa.models.maniqa import (
+    FUSED_CUDA_ATTENTION_MAX_HEAD_DIM,
     Maniqa,
     ManiqaConfig,
     ManiqaSwinBlock,
@@ -333,13 +334,27 @@ def test_bf16_autocast_close_to_fp32():
     assert (low.float() - ref).abs().max() < 1e-2
 
 
-def test_attention_path_follows_precision_and_device():
+def test_attention_path_follows_precision_device_and_head_width():
     x32 = torch.zeros(2, 3)
-    assert not prefers_matmul_attention(x32)
-    assert prefers_matmul_attention(x32.bfloat16()) and prefers_matmul_attention(x32.half())
+    assert not prefers_matmul_attention(x32, head_dim=64)
+    assert prefers_matmul_attention(x32.bfloat16(), head_dim=64) and prefers_matmul_attention(x32.half(), head_dim=784)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert prefers_matmul_attention(x32)
-    assert not prefers_matmul_attention(torch.zeros(2, 3, dtype=torch.bfloat16, device="meta"))
+        assert prefers_matmul_attention(x32, head_dim=64)
+    assert not prefers_matmul_attention(torch.zeros(2, 3, dtype=torch.bfloat16, device="meta"), head_dim=784)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attention_path_only_for_heads_wider_than_the_fused_kernels():
+    x = torch.zeros(2, 3, device="cuda")
+    wide = FUSED_CUDA_ATTENTION_MAX_HEAD_DIM + 1
+    assert not prefers_matmul_attention(x, head_dim=wide)  # fp32: SDPA
+    assert not prefers_matmul_attention(x.bfloat16(), head_dim=64)  # ViT heads: flash / cuDNN
+    assert prefers_matmul_attention(x.bfloat16(), head_dim=wide)
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert prefers_matmul_attention(x, head_dim=wide)
+    q, k, v = (torch.randn(2, 96, 784, device="cuda") for _ in range(3))
+    low = matmul_attention(q.bfloat16(), k, v).float()
+    assert (low - F.scaled_dot_product_attention(q, k, v)).abs().max() < 5e-2
 
 
 def test_matmul_attention_matches_sdpa():

@@ -49,6 +49,7 @@ __all__ = [
     "full_precision",
     "prefers_matmul_attention",
     "CPU_MICRO_BATCH_TOKENS",
+    "FUSED_CUDA_ATTENTION_MAX_HEAD_DIM",
     "load_official_checkpoint",
     "MA_AGIQA_ONLY_MODULES",
 ]
@@ -77,6 +78,9 @@ MA_AGIQA_ONLY_MODULES = (
 
 # CPU inference runs the backbone in micro-batches of at most this many ViT tokens (see Maniqa.cpu_micro_batch_size).
 CPU_MICRO_BATCH_TOKENS = 1024
+
+# Widest attention head that SDPA's fused CUDA kernels (flash, cuDNN) take; wider heads use the math fallback.
+FUSED_CUDA_ATTENTION_MAX_HEAD_DIM = 256
 
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks
@@ -111,7 +115,7 @@ class ManiqaTABlock(nn.Module):
         # the strided q/k/v slices of the fused output would need.
         q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         # softmax(q k^T / sqrt(N)) v: a single-head attention over C "tokens" of size N; SDPA's default scale is N^-0.5.
-        if prefers_matmul_attention(q):
+        if prefers_matmul_attention(q, head_dim=N):
             out = matmul_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
@@ -119,18 +123,24 @@ class ManiqaTABlock(nn.Module):
         return x + self.proj_drop(out)
 
 
-def prefers_matmul_attention(x: torch.Tensor) -> bool:
-    """True when attention on ``x`` runs in bf16/fp16 (native or under autocast) on CPU.
+def prefers_matmul_attention(x: torch.Tensor, head_dim: int) -> bool:
+    """True when attention on ``x`` with ``head_dim``-wide heads is faster as :func:`matmul_attention` than as SDPA:
+    in bf16/fp16 (native or under autocast) on CPU at any width, and on CUDA for heads wider than
+    :data:`FUSED_CUDA_ATTENTION_MAX_HEAD_DIM`.
 
-    There PyTorch's fused CPU attention kernel is slow (~150 GFLOP/s for the ViT's 64-wide heads, ~190 for the
-    TAB's one 784-wide head, against a ~410 GFLOP/s bf16 matmul peak on 2 Zen 4 cores) and :func:`matmul_attention`
-    is faster (TAB ~330 GFLOP/s; MANIQA in bf16 ~3 % faster with it in the ViT too). In fp32, and on GPUs, the fused
-    kernel is as fast or faster and needs less memory.
+    On CPU, PyTorch's fused attention kernel is slow (~150 GFLOP/s for the ViT's 64-wide heads, ~190 for the TAB's one
+    784-wide head, against a ~410 GFLOP/s bf16 matmul peak on 2 Zen 4 cores); :func:`matmul_attention` runs the TAB at
+    ~330 GFLOP/s and MANIQA ~3 % faster with it in the ViT too. On CUDA the fused kernels take heads up to 256 wide;
+    for the TAB's 784-wide head SDPA falls back to its math path, which upcasts bf16/fp16 to fp32 and runs without
+    tensor cores (H100: the TABs took 60 % of a bf16 MANIQA forward). In fp32 SDPA is kept everywhere.
     """
-    if x.device.type != "cpu":
+    autocast_on = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast_on else x.dtype
+    if dtype not in (torch.bfloat16, torch.float16):
         return False
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype in (torch.bfloat16, torch.float16)
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and head_dim > FUSED_CUDA_ATTENTION_MAX_HEAD_DIM
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -150,7 +160,7 @@ class ManiqaViTAttention(Attention):
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         plain = attn_mask is None and not is_causal and self.gate is None and not self.training
-        if not (plain and prefers_matmul_attention(x)):
+        if not (plain and prefers_matmul_attention(x, self.head_dim)):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
