@@ -183,7 +183,7 @@ def run(args) -> None:
     reference = {}
     for precision_arg, compiled in variants:
         precision = resolve_precision(precision_arg, device)
-        model = prepare_model(base, device=device, compile=compiled)
+        model = prepare_model(base, device=device, compile=compiled, compile_mode=args.compile_mode)
         for batch in args.batch:
             x = inputs[batch].to(device)
             peak_probe = MatmulPeak(device, peak_n, dtype=torch_dtype(precision))
@@ -210,7 +210,7 @@ def run(args) -> None:
                   f"{mem.peak / 2**20:>9.0f}", flush=True)
             key = (batch, compiled)
             if precision == "fp32":
-                reference[key] = out.float()
+                reference[key] = out.float().clone()  # compiled CUDA-graph outputs are reused buffers
             elif key in reference:
                 diff = (out.float() - reference[key]).abs().max().item()
                 print(f"{'':<14}max |score - fp32 score| = {diff:.2e}")
@@ -222,6 +222,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--precision", nargs="+", default=["fp32", "auto"], choices=("fp32", "auto", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
     parser.add_argument("--iters", type=int, default=5, help="timed runs per row (the best one is reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")

@@ -5,14 +5,22 @@ import importlib.util
 import re
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_maniqa.py"
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_maniqa", BENCH)
+def load_script(name: str, monkeypatch=None):
+    if monkeypatch is not None:  # scripts that import their siblings, as `python benchmarks/<script>.py` allows
+        monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_script("bench_maniqa")
 
 
 def test_bench_maniqa_prints_a_row_per_precision_and_batch(capsys):
@@ -27,3 +35,25 @@ def test_bench_maniqa_prints_a_row_per_precision_and_batch(capsys):
         assert images_per_s > 0 and 0 < best <= median and gflops > 0 and peak > 0
     assert "counted GFLOP/image: needed" in out
     assert len(re.findall(r"max \|score - fp32 score\| = ", out)) == 2
+
+
+def test_maniqa_stages_chain_to_the_model_output_and_print_a_row_each(monkeypatch, capsys):
+    from agiqa.models import create_model
+
+    stages_module = load_script("maniqa_stages", monkeypatch)
+    torch.manual_seed(0)
+    model = create_model("test_maniqa").eval()
+    x = model.normalize(torch.rand(3, 3, 32, 32))
+    stages = stages_module.maniqa_stages(model)
+    outputs = stages_module.stage_inputs(stages, x, "fp32", torch.device("cpu"))
+    with torch.inference_mode():
+        torch.testing.assert_close(outputs[-1], model(x), rtol=0, atol=0)
+
+    stages_module.main(["--size", "tiny", "--batch", "2", "--iters", "2", "--device", "cpu", "--precision", "bf16",
+                        "--threads", "1", "--matmul-n", "128"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(\S.*?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)%\s+([\d.e+-]+)$", out, flags=re.M)
+    assert [r[0] for r in rows] == [name for name, _ in stages]
+    errors = [float(r[5]) for r in rows]
+    assert all(0 < e < 5e-2 for e in errors), errors  # bf16 differs from fp32, but not by much
+    assert "whole forward" in out
