@@ -160,7 +160,7 @@ def run(args) -> None:
     torch.manual_seed(0)
     base = create_model(name).eval().to(device)
     size = base.config.img_size
-    peak_n = args.matmul_n or (8192 if device.type == "cuda" else 2048 if args.size == "full" else 512)
+    peak_n = matmul_n(args, device)
     peak = MatmulPeak(device, peak_n).sample(repeats=5)
     x1 = torch.rand(1, 3, size, size, device=device)
     flops = count_flops(base, base.normalize(x1))
@@ -216,9 +216,22 @@ def run(args) -> None:
                 print(f"{'':<14}max |score - fp32 score| = {diff:.2e}")
 
 
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model size, device, threads and the peak probe's size: shared with maniqa_stages.py."""
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--matmul-n", type=int, default=0, help="matrix side of the peak measurement (0 = by device)")
+
+
+def matmul_n(args, device: torch.device) -> int:
+    """``--matmul-n``, or a size that reaches the device's peak (CUDA) or stays in cache (CPU, tiny model)."""
+    return args.matmul_n or (8192 if device.type == "cuda" else 2048 if args.size == "full" else 512)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    add_machine_arguments(parser)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--precision", nargs="+", default=["fp32", "auto"], choices=("fp32", "auto", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
@@ -226,9 +239,6 @@ def main(argv=None) -> None:
                         help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
     parser.add_argument("--iters", type=int, default=5, help="timed runs per row (the best one is reported)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--matmul-n", type=int, default=0, help="matrix side of the peak measurement")
     run(parser.parse_args(argv))
 
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from bench_maniqa import MatmulPeak, count_flops, cpu_name
+from bench_maniqa import MatmulPeak, add_machine_arguments, count_flops, cpu_name, matmul_n
 from agiqa.models import create_model
 from agiqa.runtime import autocast, resolve_device, resolve_precision, torch_dtype
 
@@ -98,7 +98,7 @@ def run(args) -> None:
     with true_fp32():
         reference = stage_inputs(stages, x, "fp32", device)
     inputs = stage_inputs(stages, x, precision, device)
-    peak_n = args.matmul_n or (8192 if device.type == "cuda" else 2048 if args.size == "full" else 512)
+    peak_n = matmul_n(args, device)
     peak = MatmulPeak(device, peak_n, dtype=torch_dtype(precision)).sample(repeats=5)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; "
@@ -121,13 +121,10 @@ def run(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    add_machine_arguments(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", default="auto", choices=("fp32", "auto", "bf16", "fp16"))
     parser.add_argument("--iters", type=int, default=10, help="timed runs per stage (the best one is reported)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--matmul-n", type=int, default=0, help="matrix side of the peak measurement")
     run(parser.parse_args(argv))
 
 
