@@ -74,3 +74,17 @@ def test_cli_score_writes_csv_with_best_of_n_and_exit_code_1_on_failures(image_f
 def test_cli_score_all_good_exits_zero(image_folder, model_dir, capsys):
     assert main(["score", str(model_dir), str(image_folder / "a.png"), "--device", "cpu"]) == 0
     assert "a.png" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_score_compiled_gives_the_eager_scores(image_folder, model_dir, tmp_path):
+    """`--compile` really compiles (inductor on CPU) and changes no score."""
+    args = ["score", str(model_dir), str(image_folder), "--device", "cpu", "--precision", "fp32"]
+    assert main(args + ["--out", str(tmp_path / "eager.csv")]) == 1  # broken.png
+    torch._dynamo.reset()
+    compiled_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert main(args + ["--compile", "--out", str(tmp_path / "compiled.csv")]) == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > compiled_before
+    eager, compiled = pd.read_csv(tmp_path / "eager.csv"), pd.read_csv(tmp_path / "compiled.csv")
+    assert list(compiled["path"]) == list(eager["path"])
+    np.testing.assert_allclose(compiled["score"], eager["score"], rtol=1e-4, atol=1e-6)

@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs)")
+    parser.add_argument("--compile-mode", help="torch.compile mode with --compile, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     parser.set_defaults(func=_score)
 
@@ -36,7 +39,8 @@ def _score(args) -> int:
         return 2
     prompts = _read_prompts(args.prompts, files) if args.prompts else None
     scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size, encoder=args.encoder, trust_remote_code=args.trust_remote_code)
+                    batch_size=args.batch_size, encoder=args.encoder, trust_remote_code=args.trust_remote_code,
+                    compile=args.compile, compile_mode=args.compile_mode)
     result = scorer.score([str(f) for f in files], prompts)
     table = pd.DataFrame({"path": [str(f) for f in files], "prompt": prompts or [""] * len(files),
                           "score": result.scores})

@@ -41,14 +41,17 @@ class Scorer:
 
     `model` is a registered name (`"maniqa.koniq10k"`) or a directory written by `save_pretrained` / a training run's
     `model/` folder. MA-AGIQA variants with semantic experts need `encoder` (a VLM id or directory) to compute the
-    features of new images; prompts fill `{prompt}` placeholders of the encoder's questions.
+    features of new images; prompts fill `{prompt}` placeholders of the encoder's questions. `compile=True` runs the
+    model through `torch.compile` (`compile_mode`, e.g. "reduce-overhead" for CUDA graphs): the first batch of each
+    size compiles (tens of seconds), which pays off on large folders, mostly on GPUs (docs/maniqa.md, Speed).
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, pretrained: bool | str = True, device: str = "auto",
-                 precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False):
+                 precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
+                 compile: bool = False, compile_mode: str | None = None):
         from agiqa.scoring.inference import prepare_model
 
-        self.model = prepare_model(_build(model, pretrained), device)
+        self.model = prepare_model(_build(model, pretrained), device, compile=compile, compile_mode=compile_mode)
         self.device = next(self.model.parameters()).device
         self.precision = precision
         self.batch_size = batch_size
