@@ -88,3 +88,23 @@ def test_cli_score_compiled_gives_the_eager_scores(image_folder, model_dir, tmp_
     eager, compiled = pd.read_csv(tmp_path / "eager.csv"), pd.read_csv(tmp_path / "compiled.csv")
     assert list(compiled["path"]) == list(eager["path"])
     np.testing.assert_allclose(compiled["score"], eager["score"], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_compile_mode_implies_compile(monkeypatch, image_folder):
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr("agiqa.scoring.scorer.Scorer", record)
+    with pytest.raises(Built):
+        main(["score", "model_dir", str(image_folder), "--compile-mode", "reduce-overhead"])
+    assert seen["compile"] is True and seen["compile_mode"] == "reduce-overhead"
+    seen.clear()
+    with pytest.raises(Built):
+        main(["score", "model_dir", str(image_folder)])
+    assert seen["compile"] is False and seen["compile_mode"] is None

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs)")
-    parser.add_argument("--compile-mode", help="torch.compile mode with --compile, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--compile-mode",
+                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     parser.set_defaults(func=_score)
 
@@ -40,7 +41,7 @@ def _score(args) -> int:
     prompts = _read_prompts(args.prompts, files) if args.prompts else None
     scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, precision=args.precision,
                     batch_size=args.batch_size, encoder=args.encoder, trust_remote_code=args.trust_remote_code,
-                    compile=args.compile, compile_mode=args.compile_mode)
+                    compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode)
     result = scorer.score([str(f) for f in files], prompts)
     table = pd.DataFrame({"path": [str(f) for f in files], "prompt": prompts or [""] * len(files),
                           "score": result.scores})
