@@ -134,13 +134,13 @@ def prefers_matmul_attention(x: torch.Tensor, head_dim: int) -> bool:
     for the TAB's 784-wide head SDPA falls back to its math path, which upcasts bf16/fp16 to fp32 and runs without
     tensor cores (H100: the TABs took 60 % of a bf16 MANIQA forward). In fp32 SDPA is kept everywhere.
     """
-    autocast_on = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
-    dtype = torch.get_autocast_dtype(x.device.type) if autocast_on else x.dtype
+    device = x.device.type
+    if device not in ("cpu", "cuda"):
+        return False
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     if dtype not in (torch.bfloat16, torch.float16):
         return False
-    if x.device.type == "cpu":
-        return True
-    return x.device.type == "cuda" and head_dim > FUSED_CUDA_ATTENTION_MAX_HEAD_DIM
+    return device == "cpu" or head_dim > FUSED_CUDA_ATTENTION_MAX_HEAD_DIM
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
