@@ -16,3 +16,7 @@ class ImageLoadError(AgiqaError, OSError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class InvalidOptionError(AgiqaError, ValueError):
+    """An option's value is not one of those accepted; the message lists them."""

@@ -192,6 +192,35 @@ def test_cpu_inference_runs_in_micro_batches(monkeypatch):
     assert steps == [5]
 
 
+def test_compiled_cpu_inference_traces_one_micro_batch_for_all_batch_sizes(monkeypatch):
+    import agiqa.models.maniqa as maniqa_module
+
+    model = tiny_model()
+    monkeypatch.setattr(maniqa_module, "CPU_MICRO_BATCH_TOKENS", model.config.num_patches + 1)  # 1 image per step
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(model, backend=recording_backend, dynamic=False)
+    x = tiny_input(3)
+    with torch.inference_mode():
+        outputs = [compiled(x), compiled(x[:2]), compiled(x[:1])]
+        expected = [model(x), model(x[:2]), model(x[:1])]
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref)
+
+    def placeholders(graph):
+        return [n for n in graph.graph.nodes if n.op == "placeholder"]
+
+    backbone = [g for g in graphs if any("_vit_" in n.name for n in placeholders(g))]
+    assert len(backbone) == 1  # traced once, for one image, and reused by every step of every batch
+    data = [n for n in placeholders(backbone[0]) if "_parameters_" not in n.name and "_buffers_" not in n.name]
+    size = model.config.img_size
+    assert [tuple(n.meta["example_value"].shape) for n in data] == [(1, 3, size, size)]
+
+
 def test_train_mode_uses_dropout():
     model = tiny_model().train()
     x = tiny_input()

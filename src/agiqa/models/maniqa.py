@@ -644,10 +644,18 @@ class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image
         Without gradients on CPU the batch runs in micro-batches of :meth:`cpu_micro_batch_size` images.
         """
         self.check_input(x)
-        step = self.cpu_micro_batch_size() if x.device.type == "cpu" and not torch.is_grad_enabled() else len(x)
-        if step >= len(x):
-            return self._patch_tokens(x)
-        return torch.cat([self._patch_tokens(chunk) for chunk in x.split(step)])
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._micro_batched_patch_tokens(x, self.cpu_micro_batch_size())
+        return self._patch_tokens(x)
+
+    # Not traced by torch.compile (only this frame): a compiled model compiles `_patch_tokens` for one micro-batch
+    # shape, shared by every batch size, instead of one graph per batch size with the loop unrolled in it.
+    @torch.compiler.disable(recursive=False)
+    def _micro_batched_patch_tokens(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        tokens = []
+        for chunk in x.split(step):  # a loop, not a comprehension: on Python 3.11 that is a frame dynamo would trace
+            tokens.append(self._patch_tokens(chunk))
+        return tokens[0] if len(tokens) == 1 else torch.cat(tokens)
 
     def cpu_micro_batch_size(self) -> int:
         """Images per CPU inference step: as many as fit in :data:`CPU_MICRO_BATCH_TOKENS` ViT tokens, at least 1.

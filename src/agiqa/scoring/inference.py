@@ -14,11 +14,12 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from agiqa.errors import InvalidOptionError
 from agiqa.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["inference_context", "prepare_model", "batched_forward", "model_device"]
+__all__ = ["inference_context", "prepare_model", "compile_options", "batched_forward", "model_device"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -60,11 +61,30 @@ def prepare_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
+        options = compile_options(compile_mode, device)
         try:
-            model = torch.compile(model, mode=compile_mode, dynamic=False)
+            model = torch.compile(model, dynamic=False, options=options)
         except Exception as err:  # no compiler toolchain: keep eager
             _logger.warning("torch.compile failed (%s: %s); running eagerly", type(err).__name__, err)
     return model
+
+
+def compile_options(mode: str | None, device: torch.device) -> dict:
+    """Inductor options for ``torch.compile`` ``mode`` (None = default) on ``device``.
+
+    On CPU, inference graphs are compiled with ``freezing``: weights become constants, so their bf16 casts under
+    autocast are folded away and oneDNN gets pre-packed weights (MANIQA bf16 on 2 Zen 4 cores: 813 -> 779 ms per image,
+    741 ms with "max-autotune"). Such a compiled model does not see later changes to its weights.
+    """
+    from torch._inductor import list_mode_options
+
+    known = list_mode_options()
+    if mode is not None and mode not in known:
+        raise InvalidOptionError(f"unknown torch.compile mode {mode!r}; choose one of {sorted(known)}")
+    options = dict(list_mode_options(mode, dynamic=False)) if mode else {}
+    if device.type == "cpu":
+        options["freezing"] = True
+    return options
 
 
 def batched_forward(
