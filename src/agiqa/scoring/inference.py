@@ -51,7 +51,8 @@ def prepare_model(
     """Move to ``device`` ("auto" = CUDA if present), set ``eval()``, optionally channels-last and ``torch.compile``.
 
     MANIQA already keeps its 3x3 convolutions in channels-last layout internally, so ``channels_last`` only changes
-    the parameter layout (useful for CNN backbones). Compilation falls back to eager with a warning if it fails.
+    the parameter layout (useful for CNN backbones). ``compile_mode`` is a ``torch.compile`` mode; the inductor options
+    each device gets are :func:`compile_options`. Compilation falls back to eager with a warning if it fails.
     On CPU it also calls :func:`agiqa.runtime.keep_freed_memory` (no page faults on re-used activation memory).
     """
     device = resolve_device(device)
