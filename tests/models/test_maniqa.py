@@ -192,7 +192,15 @@ def test_cpu_inference_runs_in_micro_batches(monkeypatch):
     assert steps == [5]
 
 
-def test_compiled_cpu_inference_traces_one_micro_batch_for_all_batch_sizes(monkeypatch):
+@pytest.fixture()
+def fresh_dynamo():
+    """Compiled code of one test does not linger in dynamo's caches (nor count towards its recompile limit)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_cpu_inference_traces_one_micro_batch_for_all_batch_sizes(monkeypatch, fresh_dynamo):
     import agiqa.models.maniqa as maniqa_module
 
     model = tiny_model()
