@@ -79,10 +79,10 @@ def compile_options(mode: str | None, device: torch.device) -> dict:
     """
     from torch._inductor import list_mode_options
 
-    known = list_mode_options()
-    if mode is not None and mode not in known:
-        raise InvalidOptionError(f"unknown torch.compile mode {mode!r}; choose one of {sorted(known)}")
-    options = dict(list_mode_options(mode, dynamic=False)) if mode else {}
+    modes = list_mode_options(dynamic=False)
+    if mode is not None and mode not in modes:
+        raise InvalidOptionError(f"unknown torch.compile mode {mode!r}; choose one of {sorted(modes)}")
+    options = dict(modes[mode or "default"])  # a copy: the table is torch's
     if device.type == "cpu":
         options["freezing"] = True
     return options

@@ -42,8 +42,9 @@ class Scorer:
     `model` is a registered name (`"maniqa.koniq10k"`) or a directory written by `save_pretrained` / a training run's
     `model/` folder. MA-AGIQA variants with semantic experts need `encoder` (a VLM id or directory) to compute the
     features of new images; prompts fill `{prompt}` placeholders of the encoder's questions. `compile=True` runs the
-    model through `torch.compile` (`compile_mode`, e.g. "reduce-overhead" for CUDA graphs): the first batch of each
-    size compiles (tens of seconds), which pays off on large folders, mostly on GPUs (docs/maniqa.md, Speed).
+    model through `torch.compile` (`compile_mode`, e.g. "reduce-overhead" for CUDA graphs): on a GPU the first batch of
+    each size compiles (tens of seconds), which pays off on large folders; on a CPU MANIQA's backbone compiles once,
+    for one image, and gains a few percent at most (docs/maniqa.md, Speed).
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, pretrained: bool | str = True, device: str = "auto",
