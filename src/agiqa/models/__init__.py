@@ -28,3 +28,4 @@ __all__ = [
 # Importing the family modules registers their entrypoints.
 from agiqa.models import maniqa  # noqa: E402,F401
 from agiqa.models import ma_agiqa  # noqa: E402,F401
+from agiqa.models import moe_agiqa  # noqa: E402,F401

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from agiqa._files import sha256_file
+from agiqa.models._config import without_weight_sources
 from agiqa.models._pretrained import PretrainedCfg
 
 _logger = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ def build_model_with_cfg(
     model_kwargs = dict(pretrained_cfg.model_kwargs) if pretrained_cfg else {}
     model_kwargs.update(kwargs)
     if pretrained:
-        # A checkpoint follows, so the backbone must not fetch its own ImageNet weights.
-        model_kwargs["backbone_pretrained"] = False
+        # A checkpoint follows, so no part of the model fetches its own weights (ImageNet backbones, priors ...).
+        model_kwargs = without_weight_sources(model_kwargs)
     if pretrained is True:
         if pretrained_cfg is None:
             raise RuntimeError(f"{model_cls.__name__} has no pretrained weights registered; use `pretrained=False`.")

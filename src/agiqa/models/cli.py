@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     p_conv.add_argument("src", help="official checkpoint file (read with weights_only=True)")
     p_conv.add_argument("out_dir", help="output folder (created); loadable with create_model(NAME, pretrained=OUT_DIR)")
     p_conv.add_argument("--model", default="maniqa", help="registered architecture (default: maniqa)")
+    p_conv.add_argument("--prior", help="moe_agiqa: the prior checkpoint (pretrain.py / agiqa pretrain-prior output)")
+    p_conv.add_argument("--degradation-vit", help="moe_agiqa: ImageNet ViT-B/16 weights in timm layout (default: "
+                        "timm's hub weights that the official code used)")
+    p_conv.add_argument("--tokenizer", help="moe_agiqa: BERT tokenizer folder or hub id saved beside the weights "
+                        "(default: bert-base-uncased; skipped with a warning if it cannot be loaded)")
     p_conv.set_defaults(func=_cmd_convert)
 
 
@@ -83,8 +88,13 @@ def _cmd_convert(args) -> int:
     if not src.is_file():
         raise AgiqaError(f"checkpoint not found: {src}")
     try:
-        model = create_model(args.model, pretrained=str(src))
-    except RuntimeError as err:
+        if "moe_agiqa" in args.model.split(".")[0].replace("-", "_"):
+            model = _convert_moe_agiqa(args, src)
+        else:
+            if args.prior or args.degradation_vit:
+                raise AgiqaError("--prior and --degradation-vit are for --model moe_agiqa")
+            model = create_model(args.model, pretrained=str(src))
+    except (RuntimeError, FileNotFoundError) as err:
         raise AgiqaError(f"could not convert {src}: {err}") from err
     out = Path(args.out_dir)
     model.save_pretrained(out)
@@ -92,3 +102,22 @@ def _cmd_convert(args) -> int:
     print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'} ({n_params:,} parameters); "
           f"load with create_model({args.model.split('.')[0]!r}, pretrained={str(out)!r})")
     return 0
+
+
+def _convert_moe_agiqa(args, src):
+    """The three official MoE-AGIQA files -> one strictly loaded model (v1 when no --prior is given)."""
+    import logging
+
+    from agiqa.models import create_model
+    from agiqa.models._builder import load_state_dict_strict
+    from agiqa.models.moe_agiqa import convert_official_checkpoint
+
+    model = create_model(args.model, use_prior=bool(args.prior), tokenizer=args.tokenizer)
+    state = convert_official_checkpoint(src, args.prior, args.degradation_vit, model.config.hooked_blocks)
+    load_state_dict_strict(model, state, str(src))
+    try:
+        model.tokenizer  # saved with the weights so the converted model scores offline
+    except Exception as err:  # no network and no local tokenizer: the weights are still complete
+        logging.getLogger(__name__).warning(
+            "tokenizer %s not saved (%s); pass --tokenizer DIR to bundle it", model.config.tokenizer, err)
+    return model

@@ -17,21 +17,20 @@ executed; the later blocks, ``vit.norm`` and ``vit.head`` are kept (unused) so t
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from agiqa.models._builder import build_model_with_cfg, load_pretrained, load_state_dict_file, load_state_dict_strict
+from agiqa.models._builder import build_model_with_cfg, load_pretrained
+from agiqa.models._config import ModelConfig
+from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
 
@@ -391,12 +390,8 @@ class ManiqaSwinStage(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 @dataclass
-class ManiqaConfig:
+class ManiqaConfig(ModelConfig):
     """Hyper-parameters of :class:`Maniqa`; the defaults give the official model (IIGROUP/MANIQA, 224 px, ViT-B/8).
 
     Args:
@@ -451,9 +446,7 @@ class ManiqaConfig:
     norm_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; keep tuples so configs compare equal and stay hashable.
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _as_tuple(getattr(self, f.name)))
+        super().__post_init__()
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
         if not self.hooked_blocks or max(self.hooked_blocks) >= self.vit_depth or min(self.hooked_blocks) < 0:
@@ -480,21 +473,8 @@ class ManiqaConfig:
         """Width of the second Swin stage and of the score/weight heads (384 by default)."""
         return self.swin_embed_dim // 2
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict | None = None, **overrides) -> "ManiqaConfig":
-        """Build from a dict (e.g. ``config.json``); unknown keys are refused with their names."""
-        merged = {**(values or {}), **overrides}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise TypeError(f"Unknown {cls.__name__} fields: {', '.join(unknown)}")
-        return cls(**merged)
-
-
-class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image-quality-assessment", "maniqa"]):
+class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-quality-assessment", "maniqa"]):
     """MANIQA no-reference IQA model on a timm ViT-B/8 (see the module docstring for the pipeline).
 
     Input ``x``: float tensor ``(B, 3, img_size, img_size)`` of RGB **already normalised** with
@@ -713,52 +693,6 @@ class Maniqa(nn.Module, PyTorchModelHubMixin, library_name="agiqa", tags=["image
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images ``(B, 3, S, S)`` -> image scores ``(B,)``."""
         return self.forward_head(self.forward_patch_tokens(x))
-
-    # ----------------------------------------------------------------------------------------------- persistence
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None = None,
-        cache_dir: str | Path | None = None,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        map_location: str = "cpu",
-        strict: bool = True,
-        config: dict | ManiqaConfig | None = None,
-        **overrides,
-    ) -> "Maniqa":
-        """Build from ``config.json`` (+ ``overrides``) and load ``model.safetensors`` strictly; no network for a
-        local directory. Called by ``from_pretrained(dir_or_repo_id, **overrides)``."""
-        if isinstance(config, cls.config_class):
-            config = config.to_dict()
-        values = dict(config or {})
-        values.update(overrides)
-        values["backbone_pretrained"] = False  # full weights follow
-        model = cls(cls.config_class.from_dict(values))
-        if os.path.isdir(model_id):
-            weights = Path(model_id) / "model.safetensors"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            weights = hf_hub_download(
-                model_id,
-                "model.safetensors",
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-        state_dict = load_state_dict_file(weights)
-        if strict:
-            load_state_dict_strict(model, state_dict, str(weights))
-        else:
-            model.load_state_dict(state_dict, strict=False)
-        model.to(map_location)
-        return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------------

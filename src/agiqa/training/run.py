@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from agiqa.models._config import without_weight_sources
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
@@ -138,7 +139,7 @@ def load_trained_module(checkpoint: str | Path) -> IQAModule:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     hparams = dict(state["hyper_parameters"])
     hparams["pretrained"] = False
-    hparams["model_kwargs"] = {**(hparams.get("model_kwargs") or {}), "backbone_pretrained": False}
+    hparams["model_kwargs"] = without_weight_sources(hparams.get("model_kwargs") or {})
     module = IQAModule(**hparams)
     module.load_state_dict(state["state_dict"])
     return module.eval()

@@ -1,0 +1,42 @@
+"""Config objects of every model family: dataclasses that round-trip through ``config.json``."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Config fields that fetch or read weights while a model is built (ImageNet backbones, prior / semantic networks).
+# They are switched off whenever complete weights follow (a checkpoint, a `save_pretrained` folder).
+WEIGHT_SOURCE_FIELDS = ("backbone_pretrained", "prior_checkpoint", "semantic_checkpoint")
+
+
+def as_tuple(value: Any) -> Any:
+    """Lists (from JSON / YAML) as tuples, recursively, so configs compare equal and stay hashable."""
+    return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def without_weight_sources(values: dict) -> dict:
+    """A copy of config values with every weight source off: complete weights are loaded afterwards."""
+    out = {key: value for key, value in values.items() if key not in WEIGHT_SOURCE_FIELDS}
+    out["backbone_pretrained"] = False
+    return out
+
+
+class ModelConfig:
+    """Mixin for a model's config dataclass: tuple normalisation, ``to_dict`` and a strict ``from_dict``."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, as_tuple(getattr(self, f.name)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None = None, **overrides):
+        """Build from a dict (e.g. ``config.json``); unknown keys are refused with their names."""
+        merged = {**(values or {}), **overrides}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise TypeError(f"Unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**merged)
