@@ -82,6 +82,13 @@ def prompt_text(count: int, colour: str, shape: str, style: str) -> str:
     return f"{COUNT_WORDS[count]} {colour} {noun}, {style} style"
 
 
+def prompt_vocabulary() -> list[str]:
+    """Every WordPiece token the prompts use, after BERT's special tokens: a tokenizer for models trained on this
+    data without a downloaded vocabulary (`tokenizer="synth"` of the tiny MoE-AGIQA)."""
+    words = [*COUNT_WORDS.values(), *COLOURS, *SHAPES, "##s", ",", *STYLES, "style"]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+
+
 def _sample_params(n: int, seed: int, mismatch_rate: float) -> pd.DataFrame:
     """One row per image: prompt attributes, what is drawn, mismatch kind, degradation strengths."""
     rng = np.random.default_rng(seed)

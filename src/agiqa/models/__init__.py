@@ -1,6 +1,7 @@
 """Model architectures (plain `nn.Module`s) and the registry that builds them by name."""
 from agiqa.models._builder import WeightsNotFoundError, load_pretrained, load_state_dict_file
-from agiqa.models._factory import create_model
+from agiqa.models._config import without_weight_sources
+from agiqa.models._factory import create_model, model_scores, saved_architecture
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import (
     get_model_info,
@@ -22,7 +23,10 @@ __all__ = [
     "list_pretrained",
     "load_pretrained",
     "load_state_dict_file",
+    "model_scores",
     "register_model",
+    "saved_architecture",
+    "without_weight_sources",
 ]
 
 # Importing the family modules registers their entrypoints.

@@ -44,3 +44,24 @@ def create_model(
     source = pretrained if pretrained is not True else (pretrained_cfg.tag if pretrained_cfg else None)
     _logger.info("Created %s (weights: %s)", model_name, source or "random init")
     return model
+
+
+def saved_architecture(model_dir: str | os.PathLike) -> str:
+    """The registered architecture whose class rebuilds a `save_pretrained` folder, read from its config.json
+    (MoE-AGIQA configs carry `num_experts`, MA-AGIQA configs `fusion`)."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
+    config = json.loads(config_file.read_text())
+    if "num_experts" in config:
+        return "moe_agiqa"
+    return "ma_agiqa" if "fusion" in config else "maniqa"
+
+
+def model_scores(model: nn.Module, batch: dict):
+    """Scores (B,) of any registered model from a batch dict holding its `input_names` (missing inputs are None)."""
+    names = getattr(model, "input_names", ("image",))
+    return model(*[batch.get(name) for name in names])

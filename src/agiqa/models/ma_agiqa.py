@@ -184,6 +184,7 @@ class MaAgiqa(AfmLayers, Maniqa):
     """
 
     config_class = MaAgiqaConfig
+    input_names = ("image", "semantic")
 
     def __init__(self, config: MaAgiqaConfig | None = None):
         config = config or MaAgiqaConfig()

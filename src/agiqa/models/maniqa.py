@@ -486,6 +486,7 @@ class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qualit
     """
 
     config_class = ManiqaConfig
+    input_names = ("image",)  # batch keys `forward` takes, in order (see agiqa.models.model_scores)
 
     def __init__(self, config: ManiqaConfig | None = None):
         super().__init__()

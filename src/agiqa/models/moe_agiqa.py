@@ -348,6 +348,7 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
     """
 
     config_class = MoeAgiqaConfig
+    input_names = ("crops", "prompt_image", "input_ids", "attention_mask")
 
     def __init__(self, config: MoeAgiqaConfig | dict | None = None):
         super().__init__()
@@ -514,11 +515,22 @@ def _names_through(module: nn.Module, prefix: str, stop: str) -> list[str]:
     return names
 
 
+SYNTH_TOKENIZER = "synth"
+
+
 def load_blip_tokenizer(source: str):
-    """BERT tokenizer plus BLIP's two special tokens (``[DEC]`` as bos, ``[ENC]``), as ImageReward builds it."""
+    """BERT tokenizer plus BLIP's two special tokens (``[DEC]`` as bos, ``[ENC]``), as ImageReward builds it.
+
+    ``source`` is a hub id or folder, or ``"synth"``: the vocabulary of `agiqa synth` prompts (no download).
+    """
     from transformers import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(source)
+    if source == SYNTH_TOKENIZER:
+        from agiqa.data.synth import prompt_vocabulary
+
+        tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(prompt_vocabulary())})
+    else:
+        tokenizer = BertTokenizer.from_pretrained(source)
     if tokenizer.bos_token != BLIP_BOS_TOKEN:
         tokenizer.add_special_tokens({"bos_token": BLIP_BOS_TOKEN})
         tokenizer.add_special_tokens({"additional_special_tokens": [BLIP_ENC_TOKEN]})
@@ -563,28 +575,35 @@ class MoeAgiqaProcessor:
     def __init__(self, config: MoeAgiqaConfig, tokenizer=None, num_crops: int = 15, seed: int = 0):
         self.config, self.tokenizer, self.num_crops, self.seed = config, tokenizer, num_crops, seed
 
-    def crops(self, images: Sequence, generator: torch.Generator | None = None) -> torch.Tensor:
-        from torchvision.transforms import functional as TF
-
-        generator = generator or torch.Generator().manual_seed(self.seed)
-        return torch.stack([random_crops(TF.to_tensor(image), self.config.img_size, self.num_crops, generator)
-                            for image in images])
-
     def text(self, prompts: Sequence[str]) -> dict:
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                 max_length=self.config.max_prompt_tokens, return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def __call__(self, images: Sequence, prompts: Sequence[str] | None = None) -> dict:
-        images = list(images)
-        out = {"crops": self.crops(images)}
+    def sample(self, image, prompt: str | None, num_crops: int | None = None,
+               generator: torch.Generator | None = None) -> dict:
+        """One image (PIL RGB) -> unbatched model inputs; ``generator`` None draws crops from torch's global RNG
+        (training), a seeded one gives reproducible crops (testing)."""
+        from torchvision.transforms import functional as TF
+
+        out = {"crops": random_crops(TF.to_tensor(image), self.config.img_size, num_crops or self.num_crops, generator)}
         if self.config.use_text:
-            if prompts is None or len(prompts) != len(images):
-                raise ValueError(f"MoE-AGIQA needs one prompt per image: {len(images)} images, "
-                                 f"{'no' if prompts is None else len(prompts)} prompts")
-            out["prompt_image"] = torch.stack([prompt_image_tensor(im, self.config.blip_image_size) for im in images])
-            out.update(self.text(prompts))
+            if prompt is None:
+                raise ValueError("MoE-AGIQA needs the image's prompt (its semantic branch compares the two)")
+            out["prompt_image"] = prompt_image_tensor(image, self.config.blip_image_size)
+            out.update({key: value[0] for key, value in self.text([prompt]).items()})
         return out
+
+    def __call__(self, images: Sequence, prompts: Sequence[str] | None = None) -> dict:
+        """A batch: crops (B, K, 3, S, S) from a generator seeded with ``self.seed``, prompt images, tokens."""
+        images = list(images)
+        if self.config.use_text and (prompts is None or len(prompts) != len(images)):
+            raise ValueError(f"MoE-AGIQA needs one prompt per image: {len(images)} images, "
+                             f"{'no' if prompts is None else len(prompts)} prompts")
+        generator = torch.Generator().manual_seed(self.seed)
+        samples = [self.sample(image, prompts[i] if prompts is not None else None, generator=generator)
+                   for i, image in enumerate(images)]
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -765,12 +784,13 @@ def moe_agiqa_v1(pretrained=False, pretrained_cfg=None, cache_dir=None, **kwargs
 def tiny_moe_agiqa_kwargs() -> dict:
     """Config of ``test_moe_agiqa``: 32 px crops, patch 8 -> 4 x 4 tokens, ViTs 32-d x 3 blocks (all hooked),
     BLIP image encoder 48-d x 2 blocks, text encoder 32-d x 2 layers over a 64-token vocabulary, 16 prompt tokens,
-    fused width 32 with 2 x 16 attention heads, 4 experts / top-3 as released."""
+    fused width 32 with 2 x 16 attention heads, 4 experts / top-3 as released; the `agiqa synth` tokenizer."""
     return dict(
         img_size=32, patch_size=8, embed_dim=32, vit_depth=3, vit_num_heads=2, hooked_blocks=(0, 1, 2),
         blip_image_size=32, blip_patch_size=8, blip_embed_dim=48, blip_depth=2, blip_num_heads=2,
         text_vocab_size=64, text_hidden_size=32, text_layers=2, text_heads=2, text_intermediate_size=64,
         text_max_positions=64, max_prompt_tokens=16, hidden_dim=32, attn_heads=2, attn_head_dim=16,
+        tokenizer=SYNTH_TOKENIZER,
     )
 
 

@@ -57,6 +57,8 @@ class Scorer:
         self.precision = precision
         self.batch_size = batch_size
         self.needs_semantic = bool(getattr(self.model.config, "semantic_experts", ()))
+        # Models with their own preprocessing (MoE-AGIQA: seeded crops + prompt image + tokens).
+        self.processor = self.model.processor() if hasattr(self.model, "processor") else None
         self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
         cfg = getattr(self.model, "pretrained_cfg", None)
         self.score_range = tuple(cfg.score_range) if cfg else None
@@ -97,15 +99,26 @@ class Scorer:
                 failures.append((str(item), err.reason))
         return loaded
 
-    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
-        from agiqa.scoring.inference import inference_context
+    def _inputs(self, pil_images: list, prompts: list[str] | None) -> dict:
+        """The model's batch: resized + normalised images (and semantic features), or its processor's output."""
         from agiqa.data.transforms import normalize, resize_image
-        from agiqa.training.module import model_scores
 
-        x = normalize(torch.stack([resize_image(image, self.image_size) for image in pil_images])).to(self.device)
-        semantic = self.encoder.encode(pil_images, prompts).to(self.device) if self.encoder is not None else None
+        if self.processor is not None:
+            if prompts is None and self.model.config.use_text:
+                raise AgiqaError("MoE-AGIQA compares each image with its prompt: pass prompts (CLI: --prompts)")
+            return self.processor(pil_images, prompts)
+        batch = {"image": normalize(torch.stack([resize_image(image, self.image_size) for image in pil_images]))}
+        if self.encoder is not None:
+            batch["semantic"] = self.encoder.encode(pil_images, prompts)
+        return batch
+
+    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
+        from agiqa.models import model_scores
+        from agiqa.scoring.inference import inference_context
+
+        batch = {key: value.to(self.device) for key, value in self._inputs(pil_images, prompts).items()}
         with inference_context(self.precision, self.device):
-            return model_scores(self.model, x, semantic).float().cpu().numpy()
+            return model_scores(self.model, batch).float().cpu().numpy()
 
 
 def _build(model, pretrained) -> nn.Module:
@@ -114,7 +127,7 @@ def _build(model, pretrained) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if Path(model).is_dir():
-        from agiqa.training.run import saved_architecture
+        from agiqa.models import saved_architecture
 
         return create_model(saved_architecture(model), pretrained=str(model))
     return create_model(str(model), pretrained=pretrained)

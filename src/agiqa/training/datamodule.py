@@ -75,13 +75,38 @@ class AGIQASamples(Dataset):
         return sample
 
 
+class ProcessedSamples(Dataset):
+    """Rows for models with their own preprocessing (`processor.sample`, e.g. MoE-AGIQA's crops of the full-size
+    image + prompt image + tokens): each image is decoded when its sample is drawn, as the official code does.
+
+    Training crops come from torch's global RNG (seeded per worker); evaluation crops from a generator seeded with
+    (seed, row), so every evaluation of a row sees the same crops.
+    """
+
+    def __init__(self, paths, prompts, mos, rows, processor, num_crops: int, train: bool, seed: int = 20):
+        self.paths, self.prompts, self.mos, self.rows = paths, prompts, mos, list(rows)
+        self.processor, self.num_crops, self.train, self.seed = processor, num_crops, train, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict:
+        from agiqa.data.images import load_image
+
+        row = self.rows[item]
+        generator = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + row)
+        sample = self.processor.sample(load_image(self.paths[row]), self.prompts[row], self.num_crops, generator)
+        return {**sample, "mos": self.mos[row], "row": row}
+
+
 @dataclass
 class LoadedData:
-    """One dataset in memory: its label frame, split, decoded images, MOS and semantic features."""
+    """One dataset in memory: its label frame, split, decoded images (None when decoded per sample), MOS and
+    semantic features."""
 
     frame: pd.DataFrame
     split: object
-    images: torch.Tensor
+    images: torch.Tensor | None
     mos: torch.Tensor
     semantic: torch.Tensor | None = None
 
@@ -109,12 +134,12 @@ def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split")
     return make_split(frame, method=config.split_method, seed=config.split_seed, k=config.k, fold=config.fold)
 
 
-def load_data(config: DataSection, needs_semantic: bool, subset: str = "split") -> LoadedData:
+def load_data(config: DataSection, needs_semantic: bool, subset: str = "split", decode: bool = True) -> LoadedData:
     frame = load_frame(config)
     split = split_frame(config, frame, subset)
     check_disjoint(split)
     paths = list(frame["path"])
-    images = decode_images(paths, config.image_size, config.image_cache)
+    images = decode_images(paths, config.image_size, config.image_cache) if decode else None
     mos = torch.tensor(frame["mos"].to_numpy(), dtype=torch.float32)
     semantic = read_features(config, frame) if needs_semantic else None
     return LoadedData(frame, split, images, mos, semantic)
@@ -126,10 +151,13 @@ class AGIQADataModule(L.LightningDataModule):
     `prepare_data` validates the label files and extracts missing semantic features (one process); `setup` reads
     labels, makes the split and decodes images in every process. The split is by row index and `check_disjoint`
     guarantees no test row is trained on. `test_config` (another dataset) gives cross-dataset testing.
+    With a `processor` (a model's own preprocessing, see `ProcessedSamples`) images are decoded per sample instead,
+    with `train_crops` / `test_crops` crops per image.
     """
 
     def __init__(self, config: DataSection, needs_semantic: bool = False, official_quirks: bool = False,
-                 seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split"):
+                 seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split",
+                 processor=None, train_crops: int = 1, test_crops: int = 1):
         super().__init__()
         self.config = config
         self.needs_semantic = needs_semantic
@@ -137,6 +165,7 @@ class AGIQADataModule(L.LightningDataModule):
         self.seed = seed
         self.test_config = test_config
         self.test_subset = test_subset
+        self.processor, self.train_crops, self.test_crops = processor, train_crops, test_crops
         self.fit_data: LoadedData | None = None
         self.test_data: LoadedData | None = None
 
@@ -147,20 +176,27 @@ class AGIQADataModule(L.LightningDataModule):
                 ensure_features(config, frame)
 
     def setup(self, stage: str | None = None) -> None:
+        decode = self.processor is None
         if self.fit_data is None:
-            self.fit_data = load_data(self.config, self.needs_semantic)
+            self.fit_data = load_data(self.config, self.needs_semantic, decode=decode)
         if self.test_data is None:
-            self.test_data = (load_data(self.test_config, self.needs_semantic, self.test_subset)
+            self.test_data = (load_data(self.test_config, self.needs_semantic, self.test_subset, decode=decode)
                               if self.test_config else self.fit_data)
 
-    def samples(self, part: str, train_augment: bool = False) -> AGIQASamples:
+    def samples(self, part: str, train_augment: bool = False) -> Dataset:
         data = self.test_data if part == "test" else self.fit_data
-        return AGIQASamples(data.images, data.mos, getattr(data.split, part), data.semantic, train_augment,
-                            self.config.augment_prob)
+        rows = getattr(data.split, part)
+        if self.processor is not None:
+            return ProcessedSamples(list(data.frame["path"]), list(data.frame["prompt"]), data.mos, rows,
+                                    self.processor, self.train_crops if train_augment else self.test_crops,
+                                    train=train_augment, seed=self.seed)
+        return AGIQASamples(data.images, data.mos, rows, data.semantic, train_augment, self.config.augment_prob)
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.samples("train", train_augment=self.config.augment), batch_size=self.config.batch_size,
+        # Processed samples always train on fresh random crops (the official augmentation).
+        train_augment = self.config.augment or self.processor is not None
+        return DataLoader(self.samples("train", train_augment=train_augment), batch_size=self.config.batch_size,
                           shuffle=True, drop_last=True, num_workers=self.config.num_workers, generator=generator)
 
     def eval_dataloader(self, part: str) -> DataLoader:

@@ -7,16 +7,9 @@ import torch
 from torch import nn
 
 from agiqa.metrics import compute_metrics
-from agiqa.models import create_model
+from agiqa.models import create_model, model_scores
 
 LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss}
-
-
-def model_scores(model: nn.Module, image: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
-    """Scores (B,) from any registered model; semantic features go to models that fuse them (MA-AGIQA)."""
-    if hasattr(model, "fuse"):
-        return model(image, semantic)
-    return model(image)
 
 
 class IQAModule(L.LightningModule):
@@ -24,6 +17,8 @@ class IQAModule(L.LightningModule):
 
     Validation logs `val/srcc`, `val/plcc` (raw, as the official code) and `val/score` = their sum, which picks
     the best epoch; testing happens outside Lightning, once, on the chosen checkpoint (`training.run`).
+    Models with a `label_scale` (MoE-AGIQA) are trained on MOS / label_scale, as their official code, and predict
+    on the MOS scale; a model's `balance_loss` (MoE load balancing) is added with its configured weight.
     """
 
     def __init__(self, model: str = "ma_agiqa", model_kwargs: dict | None = None, pretrained: str | bool = False,
@@ -42,15 +37,20 @@ class IQAModule(L.LightningModule):
         """True when the model has semantic experts, so batches must carry features."""
         return bool(getattr(self.model.config, "semantic_experts", ()))
 
-    def forward(self, image: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
-        return model_scores(self.model, image, semantic)
+    def forward(self, batch: dict) -> torch.Tensor:
+        return model_scores(self.model, batch)
 
     def _predict(self, batch: dict) -> torch.Tensor:
-        return self(batch["image"], batch.get("semantic"))
+        return self(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self._predict(batch), batch["mos"])
+        scale = float(getattr(self.model.config, "label_scale", 1.0))
+        loss = self.criterion(self._predict(batch) / scale, batch["mos"].float() / scale)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["mos"]))
+        balance = getattr(self.model, "balance_loss", None)
+        if balance is not None:
+            loss = loss + self.model.config.balance_loss_weight * balance
+            self.log("train/balance_loss", balance, batch_size=len(batch["mos"]))
         return loss
 
     def _collect(self, stage: str, batch: dict) -> None:

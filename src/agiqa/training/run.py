@@ -19,7 +19,8 @@ from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
-from agiqa.training.module import IQAModule, model_scores
+from agiqa.models import model_scores, saved_architecture
+from agiqa.training.module import IQAModule
 from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
 
 _logger = logging.getLogger(__name__)
@@ -44,15 +45,28 @@ def with_image_cache(data: DataSection) -> DataSection:
     return dataclasses.replace(copy.deepcopy(data), image_cache=cache)
 
 
-def build_datamodule(config: TrainConfig, needs_semantic: bool) -> AGIQADataModule:
+def build_datamodule(config: TrainConfig, model: torch.nn.Module) -> AGIQADataModule:
     data = with_image_cache(config.data)
     test_config = None
     if config.test.dataset:
         test_config = dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
                                           target=config.test.target, csv=None, split_file=None)
-    return AGIQADataModule(data, needs_semantic=needs_semantic, official_quirks=config.official_quirks,
+    return AGIQADataModule(data, needs_semantic=needs_semantic(model), official_quirks=config.official_quirks,
                            seed=config.trainer.seed, test_config=test_config,
-                           test_subset="all" if config.test.subset == "all" else "split")
+                           test_subset="all" if config.test.subset == "all" else "split", **processing(model))
+
+
+def needs_semantic(model: torch.nn.Module) -> bool:
+    """True for models fed cached semantic features (MA-AGIQA with semantic experts)."""
+    return bool(getattr(model.config, "semantic_experts", ()))
+
+
+def processing(model: torch.nn.Module) -> dict:
+    """Datamodule arguments of models with their own preprocessing (MoE-AGIQA: crops + prompt image + tokens)."""
+    if not hasattr(model, "processor"):
+        return {}
+    return {"processor": model.processor(), "train_crops": model.config.train_crops,
+            "test_crops": model.config.test_crops}
 
 
 def lightning_precision(precision: str, accelerator: str) -> str:
@@ -81,9 +95,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = build_module(config)
-    datamodule = build_datamodule(config, module.uses_semantic)
+    datamodule = build_datamodule(config, module.model)
     if module.uses_semantic and "semantic_dim" not in config.model.kwargs:
         module = _match_semantic_dim(config, module, datamodule)
+    if hasattr(module.model.config, "label_scale") and "label_scale" not in config.model.kwargs:
+        _match_label_scale(config, module, datamodule)
     config.to_yaml(out / "config.yaml")
     trainer = _trainer(config, out, progress)
     last = out / "checkpoints" / "last.ckpt"
@@ -119,6 +135,19 @@ def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQ
     return build_module(config)
 
 
+def _match_label_scale(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> None:
+    """Labels as MOS / max MOS of the dataset (all rows, as the official MoE-AGIQA code); the scale is stored in the
+    model's config (and the run's config.yaml) so predictions come back on the MOS scale."""
+    datamodule.setup("fit")
+    scale = float(datamodule.fit_data.mos.max())
+    if not scale > 0:
+        raise ValueError(f"label_scale = max MOS must be positive, got {scale}; set model.kwargs.label_scale")
+    config.model.kwargs["label_scale"] = scale
+    module.model.config.label_scale = scale
+    module.hparams.model_kwargs["label_scale"] = scale
+    _logger.info("Training on MOS / %.4g (max MOS of the data set)", scale)
+
+
 def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
     t = config.trainer
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/score", mode="max",
@@ -152,9 +181,9 @@ def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | No
     model = prepare_model(model, device)
     rows, preds = [], []
     for batch in loader:
-        semantic = batch.get("semantic")
+        inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
         with inference_context(precision, device):
-            scores = model_scores(model, batch["image"].to(device), None if semantic is None else semantic.to(device))
+            scores = model_scores(model, inputs)
         rows.append(batch["row"].numpy())
         preds.append(scores.float().cpu().numpy())
     return np.concatenate(rows), np.concatenate(preds)
@@ -178,8 +207,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
 
     model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
     data = with_image_cache(data)
-    needs_semantic = bool(getattr(model.config, "semantic_experts", ()))
-    datamodule = AGIQADataModule(data, needs_semantic=needs_semantic, test_subset=subset)
+    datamodule = AGIQADataModule(data, needs_semantic=needs_semantic(model), test_subset=subset, **processing(model))
     datamodule.prepare_data()
     datamodule.setup("test")
     metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
@@ -190,16 +218,4 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
 
 def model_image_size(model_dir: str | Path) -> int:
     """The input size a saved model was built for (its config's img_size)."""
-    return int(_saved_config(model_dir).get("img_size", 224))
-
-
-def _saved_config(model_dir: str | Path) -> dict:
-    config_file = Path(model_dir) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
-    return json.loads(config_file.read_text())
-
-
-def saved_architecture(model_dir: str | Path) -> str:
-    """The registered architecture whose class rebuilds a saved model folder (MA-AGIQA configs carry `fusion`)."""
-    return "ma_agiqa" if "fusion" in _saved_config(model_dir) else "maniqa"
+    return int(json.loads((Path(model_dir) / "config.json").read_text()).get("img_size", 224))
