@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "agiqa.models.cli",
     "agiqa.semantic.cli",
     "agiqa.training.cli",
+    "agiqa.training.prior",
     "agiqa.scoring.cli",
     "agiqa.service.app",
     "agiqa.demo",

@@ -56,6 +56,8 @@ def saved_architecture(model_dir: str | os.PathLike) -> str:
     if not config_file.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
     config = json.loads(config_file.read_text())
+    if "freeze_ratio" in config:
+        return "moe_agiqa_prior"
     if "num_experts" in config:
         return "moe_agiqa"
     return "ma_agiqa" if "fusion" in config else "maniqa"

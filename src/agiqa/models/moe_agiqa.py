@@ -46,7 +46,8 @@ __all__ = [
     "MoeAgiqaRegressor",
     "BlipSemanticEncoder",
     "MoeAgiqaProcessor",
-    "PriorNet",
+    "MoeAgiqaPrior",
+    "MoeAgiqaPriorConfig",
     "convert_official_checkpoint",
     "convert_imagereward_checkpoint",
     "official_trainable_names",
@@ -88,6 +89,8 @@ class MoeAgiqaConfig(ModelConfig):
         renormalize: divide the top-k gate weights by their sum (the release does not).
         balance_loss_weight: weight of a Switch-style load-balancing loss (0: none, as released).
         semantic_freeze_ratio: fraction of BLIP text layers and image blocks frozen in training (0.5).
+        freeze_vits: keep the degradation and prior ViTs frozen, as released (False trains them too: for models
+            trained from scratch without pretrained ViTs, such as the tiny synthetic-data runs).
         label_scale: outputs are multiplied by it: training labels are MOS / max MOS, as the official code,
             and predictions come back on the MOS scale (1.0: the official normalised scale).
         train_crops / test_crops: crops averaged per image (3 / 15).
@@ -130,6 +133,7 @@ class MoeAgiqaConfig(ModelConfig):
     renormalize: bool = False
     balance_loss_weight: float = 0.0
     semantic_freeze_ratio: float = 0.5
+    freeze_vits: bool = True
     label_scale: float = 1.0
     train_crops: int = 3
     test_crops: int = 15
@@ -349,6 +353,9 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
 
     config_class = MoeAgiqaConfig
     input_names = ("crops", "prompt_image", "input_ids", "attention_mask")
+    # The official scripts keep the epoch with the best *test* SRCC+PLCC (no validation split); reproduced only
+    # under `--official-quirks`.
+    official_selects_on_test = True
 
     def __init__(self, config: MoeAgiqaConfig | dict | None = None):
         super().__init__()
@@ -387,7 +394,8 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
         """What the released training never updates: both timm ViTs, and BLIP's text / image encoders in name
         order up to and including the first parameter of text layer ``L * ratio`` / image block ``D * ratio``
         (``encoder.layer.6.attention.self.query.weight`` and ``blocks.12.norm1.weight`` at full size)."""
-        names = [n for n, _ in self.named_parameters() if n.startswith(("degradation_vit.", "prior_vit."))]
+        vits = ("degradation_vit.", "prior_vit.") if self.config.freeze_vits else ()
+        names = [n for n, _ in self.named_parameters() if vits and n.startswith(vits)]
         if self.config.use_text and self.config.semantic_freeze_ratio > 0:
             ratio = self.config.semantic_freeze_ratio
             text_stop = f"layer.{int(self.config.text_layers * ratio)}"
@@ -402,12 +410,13 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
             param.requires_grad_(name not in frozen)
 
     def train(self, mode: bool = True) -> "MoeAgiqa":
-        """Train mode as released: BLIP and the regressor train (dropout, drop-path), the two timm ViTs stay in
-        eval mode."""
+        """Train mode as released: BLIP and the regressor train (dropout, drop-path), the two frozen timm ViTs stay
+        in eval mode."""
         super().train(mode)
-        self.degradation_vit.eval()
-        if self.config.use_prior:
-            self.prior_vit.eval()
+        if self.config.freeze_vits:
+            self.degradation_vit.eval()
+            if self.config.use_prior:
+                self.prior_vit.eval()
         return self
 
     @property
@@ -568,9 +577,9 @@ def prompt_image_tensor(image, size: int) -> torch.Tensor:
 
 class MoeAgiqaProcessor:
     """PIL images + prompt strings -> the tensors :class:`MoeAgiqa` takes, with the official preprocessing:
-    ``num_crops`` random crops of the zero-padded image (drawn from a generator seeded with ``seed``, so the same
-    call gives the same crops), the CLIP-normalised prompt image and the BLIP tokenizer padded / truncated to
-    ``max_prompt_tokens``."""
+    ``num_crops`` random crops of the zero-padded image (at test time from a generator seeded with ``seed`` and the
+    image size, so an image always gets the same crops), the CLIP-normalised prompt image and the BLIP tokenizer
+    padded / truncated to ``max_prompt_tokens``."""
 
     def __init__(self, config: MoeAgiqaConfig, tokenizer=None, num_crops: int = 15, seed: int = 0):
         self.config, self.tokenizer, self.num_crops, self.seed = config, tokenizer, num_crops, seed
@@ -580,13 +589,19 @@ class MoeAgiqaProcessor:
                                 max_length=self.config.max_prompt_tokens, return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
-    def sample(self, image, prompt: str | None, num_crops: int | None = None,
-               generator: torch.Generator | None = None) -> dict:
-        """One image (PIL RGB) -> unbatched model inputs; ``generator`` None draws crops from torch's global RNG
-        (training), a seeded one gives reproducible crops (testing)."""
+    def crop_generator(self, height: int, width: int) -> torch.Generator:
+        """Test-time crop positions depend only on ``seed`` and the image size: one image gets the same crops
+        (and score) whatever batch, row or entry point it comes through."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + height) * 100_003 + width)
+
+    def sample(self, image, prompt: str | None, num_crops: int | None = None, train: bool = False) -> dict:
+        """One image (PIL RGB) -> unbatched model inputs; training crops come from torch's global RNG, test crops
+        from :meth:`crop_generator`."""
         from torchvision.transforms import functional as TF
 
-        out = {"crops": random_crops(TF.to_tensor(image), self.config.img_size, num_crops or self.num_crops, generator)}
+        pixels = TF.to_tensor(image)
+        generator = None if train else self.crop_generator(*pixels.shape[1:])
+        out = {"crops": random_crops(pixels, self.config.img_size, num_crops or self.num_crops, generator)}
         if self.config.use_text:
             if prompt is None:
                 raise ValueError("MoE-AGIQA needs the image's prompt (its semantic branch compares the two)")
@@ -595,14 +610,12 @@ class MoeAgiqaProcessor:
         return out
 
     def __call__(self, images: Sequence, prompts: Sequence[str] | None = None) -> dict:
-        """A batch: crops (B, K, 3, S, S) from a generator seeded with ``self.seed``, prompt images, tokens."""
+        """A batch at test time: crops (B, K, 3, S, S), prompt images, tokens."""
         images = list(images)
         if self.config.use_text and (prompts is None or len(prompts) != len(images)):
             raise ValueError(f"MoE-AGIQA needs one prompt per image: {len(images)} images, "
                              f"{'no' if prompts is None else len(prompts)} prompts")
-        generator = torch.Generator().manual_seed(self.seed)
-        samples = [self.sample(image, prompts[i] if prompts is not None else None, generator=generator)
-                   for i, image in enumerate(images)]
+        samples = [self.sample(image, prompts[i] if prompts is not None else None) for i, image in enumerate(images)]
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
 
 
@@ -719,34 +732,94 @@ def official_trainable_names(model: MoeAgiqa) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class PriorNet(nn.Module):
-    """The prior pre-training network of ``pretrain.py``: timm ViT-B/16 + ``project`` (Linear d->d, GELU,
-    Linear d->1) on the normed CLS token. Trained on KonIQ-10k MOS / max MOS; its ``vit`` becomes the prior.
+@dataclass
+class MoeAgiqaPriorConfig(ModelConfig):
+    """The prior pre-training network of the official ``pretrain.py`` (ViT-B/16 + a small regressor, KonIQ-10k).
 
-    ``freeze_ratio`` freezes the ViT's parameters in name order up to and including the first one of block
-    ``int(depth * freeze_ratio)`` (``blocks.8.norm1.weight`` at 0.7), as released.
+    Args:
+        img_size / patch_size / embed_dim / vit_depth / vit_num_heads / backbone_*: the timm ViT (as in
+            :class:`MoeAgiqaConfig`; ``backbone_pretrained`` starts from the ImageNet weights, as released).
+        freeze_ratio: the ViT's parameters are frozen in name order up to and including the first one of block
+            ``int(depth * freeze_ratio)`` (``blocks.8.norm1.weight`` at 0.7), as released.
+        label_scale / train_crops / test_crops: as in :class:`MoeAgiqaConfig` (labels MOS / max MOS, 3 / 15 crops).
     """
 
-    def __init__(self, backbone: str = "vit_base_patch16_224", pretrained: bool = False, freeze_ratio: float = 0.7,
-                 **vit_kwargs):
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    vit_depth: int = 12
+    vit_num_heads: int = 12
+    backbone_name: str = "vit_base_patch16_224"
+    backbone_pretrained: bool = False
+    backbone_pretrained_tag: str = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+    freeze_ratio: float = 0.7
+    label_scale: float = 1.0
+    train_crops: int = 3
+    test_crops: int = 15
+
+    use_text = False  # what MoeAgiqaProcessor asks: crops only
+
+
+class PriorHead(nn.Module):
+    """``project`` = Linear(d, d), GELU, Linear(d, 1) on the CLS token (the release's pretrain ``IQARegression``)."""
+
+    def __init__(self, dim: int):
         super().__init__()
-        self.vit = _vit(backbone, pretrained, **vit_kwargs)
-        dim = self.vit.num_features
         self.project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
-        if freeze_ratio > 0:
-            stop = f"blocks.{int(len(self.vit.blocks) * freeze_ratio)}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x).squeeze(-1)
+
+
+class MoeAgiqaPrior(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-quality-assessment", "moe-agiqa"]):
+    """The prior network: ``vit`` (timm ViT-B/16, its normed CLS token) + ``regressor`` (:class:`PriorHead`).
+
+    Input: crops (B, 3, S, S) or (B, K, 3, S, S) in [0, 1], not normalised (as released); output (B,) scores
+    averaged over crops, times ``label_scale``. :meth:`prior_state_dict` writes the file MoE-AGIQA loads.
+    """
+
+    config_class = MoeAgiqaPriorConfig
+    input_names = ("crops",)
+    official_selects_on_test = True
+
+    def __init__(self, config: MoeAgiqaPriorConfig | dict | None = None):
+        super().__init__()
+        config = config if config is not None else MoeAgiqaPriorConfig()
+        if isinstance(config, dict):
+            config = MoeAgiqaPriorConfig.from_dict(config)
+        self.config = config
+        self._hub_mixin_config = config
+        name = config.backbone_pretrained_tag if config.backbone_pretrained else config.backbone_name
+        self.vit = _vit(name, config.backbone_pretrained, img_size=config.img_size, patch_size=config.patch_size,
+                        embed_dim=config.embed_dim, depth=config.vit_depth, num_heads=config.vit_num_heads)
+        self.regressor = PriorHead(config.embed_dim)
+        if config.freeze_ratio > 0:
+            stop = f"blocks.{int(config.vit_depth * config.freeze_ratio)}"
             for name in _names_through(self.vit, "", stop):
                 self.vit.get_parameter(name).requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Crops (B, 3, S, S) in [0, 1] (not normalised, as released) -> (B,) scores."""
-        return self.project(self.vit.forward_features(x)[:, 0]).squeeze(-1)
+    def processor(self, num_crops: int | None = None, seed: int = 0) -> "MoeAgiqaProcessor":
+        return MoeAgiqaProcessor(self.config, None, num_crops=num_crops or self.config.test_crops, seed=seed)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        if crops.dim() == 4:
+            crops = crops.unsqueeze(1)
+        per_crop = self.regressor(self.vit.forward_features(crops.flatten(0, 1))[:, 0])
+        return per_crop.unflatten(0, crops.shape[:2]).mean(dim=1) * self.config.label_scale
 
     def prior_state_dict(self) -> dict:
-        """The file the main model loads: ``vit_model_state_dict`` (timm layout) + ``regressor_model_state_dict``."""
+        """The official prior file layout: ``vit_model_state_dict`` (timm) + ``regressor_model_state_dict``."""
         return {"vit_model_state_dict": self.vit.state_dict(),
-                "regressor_model_state_dict": {k.removeprefix("project."): v for k, v in
-                                               self.project.state_dict().items()}}
+                "regressor_model_state_dict": self.regressor.state_dict()}
+
+
+def _prior_filter(state_dict: dict, model: MoeAgiqaPrior) -> dict:
+    """An official (or `agiqa pretrain-prior`) prior file -> our keys (``vit.*`` without head, ``regressor.*``)."""
+    if "vit_model_state_dict" not in state_dict:
+        return state_dict
+    out = {f"vit.{k}": v for k, v in read_prior_checkpoint(state_dict).items()}
+    out.update({f"regressor.{k}": v for k, v in _strip_module(state_dict.get("regressor_model_state_dict", {})).items()})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -792,6 +865,21 @@ def tiny_moe_agiqa_kwargs() -> dict:
         text_max_positions=64, max_prompt_tokens=16, hidden_dim=32, attn_heads=2, attn_head_dim=16,
         tokenizer=SYNTH_TOKENIZER,
     )
+
+
+@register_model
+def moe_agiqa_prior(pretrained=False, pretrained_cfg=None, cache_dir=None, **kwargs) -> MoeAgiqaPrior:
+    """The KonIQ-10k prior network of MoE-AGIQA v2 (``agiqa pretrain-prior``); loads official prior files."""
+    return build_model_with_cfg(MoeAgiqaPrior, MoeAgiqaPriorConfig, pretrained, pretrained_cfg,
+                                filter_fn=_prior_filter, cache_dir=cache_dir, **kwargs)
+
+
+@register_model
+def test_moe_agiqa_prior(pretrained=False, pretrained_cfg=None, cache_dir=None, **kwargs) -> MoeAgiqaPrior:
+    """The prior network at the size of ``test_moe_agiqa``'s ViTs (32 px, patch 8, 32-d x 3 blocks)."""
+    tiny = {k: v for k, v in tiny_moe_agiqa_kwargs().items() if k in ("img_size", "patch_size", "embed_dim",
+                                                                      "vit_depth", "vit_num_heads")}
+    return moe_agiqa_prior(pretrained, pretrained_cfg, cache_dir, **dict(tiny, **kwargs))
 
 
 @register_model

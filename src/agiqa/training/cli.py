@@ -22,7 +22,8 @@ def _register_train(subparsers) -> None:
     parser.add_argument("--out", help="output directory (overrides output_dir in the config)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
     parser.add_argument("--official-quirks", action="store_true",
-                        help="evaluate as the released code does (drop_last on val/test, shuffled test)")
+                        help="evaluate as the released code does (drop_last on val/test, shuffled test; MoE-AGIQA: the "
+                        "best epoch is chosen on the test split, labelled so in metrics.json)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(func=_train)
 

@@ -79,13 +79,13 @@ class ProcessedSamples(Dataset):
     """Rows for models with their own preprocessing (`processor.sample`, e.g. MoE-AGIQA's crops of the full-size
     image + prompt image + tokens): each image is decoded when its sample is drawn, as the official code does.
 
-    Training crops come from torch's global RNG (seeded per worker); evaluation crops from a generator seeded with
-    (seed, row), so every evaluation of a row sees the same crops.
+    Training crops come from torch's global RNG (seeded per worker); evaluation crops are the processor's seeded
+    test crops, the same as `agiqa score` takes for that image.
     """
 
-    def __init__(self, paths, prompts, mos, rows, processor, num_crops: int, train: bool, seed: int = 20):
+    def __init__(self, paths, prompts, mos, rows, processor, num_crops: int, train: bool):
         self.paths, self.prompts, self.mos, self.rows = paths, prompts, mos, list(rows)
-        self.processor, self.num_crops, self.train, self.seed = processor, num_crops, train, seed
+        self.processor, self.num_crops, self.train = processor, num_crops, train
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -94,8 +94,7 @@ class ProcessedSamples(Dataset):
         from agiqa.data.images import load_image
 
         row = self.rows[item]
-        generator = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + row)
-        sample = self.processor.sample(load_image(self.paths[row]), self.prompts[row], self.num_crops, generator)
+        sample = self.processor.sample(load_image(self.paths[row]), self.prompts[row], self.num_crops, self.train)
         return {**sample, "mos": self.mos[row], "row": row}
 
 
@@ -157,7 +156,7 @@ class AGIQADataModule(L.LightningDataModule):
 
     def __init__(self, config: DataSection, needs_semantic: bool = False, official_quirks: bool = False,
                  seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split",
-                 processor=None, train_crops: int = 1, test_crops: int = 1):
+                 processor=None, train_crops: int = 1, test_crops: int = 1, select_on_test: bool = False):
         super().__init__()
         self.config = config
         self.needs_semantic = needs_semantic
@@ -166,6 +165,7 @@ class AGIQADataModule(L.LightningDataModule):
         self.test_config = test_config
         self.test_subset = test_subset
         self.processor, self.train_crops, self.test_crops = processor, train_crops, test_crops
+        self.select_on_test = select_on_test  # an official quirk: "validation" runs on the test part
         self.fit_data: LoadedData | None = None
         self.test_data: LoadedData | None = None
 
@@ -189,7 +189,7 @@ class AGIQADataModule(L.LightningDataModule):
         if self.processor is not None:
             return ProcessedSamples(list(data.frame["path"]), list(data.frame["prompt"]), data.mos, rows,
                                     self.processor, self.train_crops if train_augment else self.test_crops,
-                                    train=train_augment, seed=self.seed)
+                                    train=train_augment)
         return AGIQASamples(data.images, data.mos, rows, data.semantic, train_augment, self.config.augment_prob)
 
     def train_dataloader(self) -> DataLoader:
@@ -209,7 +209,7 @@ class AGIQADataModule(L.LightningDataModule):
                           num_workers=self.config.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
+        return self.eval_dataloader("test" if self.select_on_test else "val")
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")

@@ -51,9 +51,11 @@ def build_datamodule(config: TrainConfig, model: torch.nn.Module) -> AGIQADataMo
     if config.test.dataset:
         test_config = dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
                                           target=config.test.target, csv=None, split_file=None)
+    select_on_test = config.official_quirks and getattr(model, "official_selects_on_test", False)
     return AGIQADataModule(data, needs_semantic=needs_semantic(model), official_quirks=config.official_quirks,
                            seed=config.trainer.seed, test_config=test_config,
-                           test_subset="all" if config.test.subset == "all" else "split", **processing(model))
+                           test_subset="all" if config.test.subset == "all" else "split",
+                           select_on_test=select_on_test, **processing(model))
 
 
 def needs_semantic(model: torch.nn.Module) -> bool:
@@ -116,6 +118,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                               title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}",
                               precision=inference_precision(trainer.precision))
     metrics["best_checkpoint"] = str(best if best.is_file() else last)
+    metrics["epoch_selected_on"] = "test (--official-quirks)" if datamodule.select_on_test else "val"
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     if logs:  # this session's log (one folder per session; --resume starts a new one)
         training_curves_plot(logs[-1], out / "training_curves.png")

@@ -1,0 +1,66 @@
+"""`agiqa pretrain-prior`: train MoE-AGIQA's KonIQ-10k prior network and write the prior file the main model loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PRIOR_FILE = "prior.pth"
+DEFAULT_CONFIG = ("moe_agiqa", "prior_koniq10k.yaml")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain-prior", help="train MoE-AGIQA's quality prior (ViT-B/16 on KonIQ-10k) -> prior.pth",
+        description="Train the prior network of MoE-AGIQA v2 with the official pretrain.py recipe (packaged config "
+        "moe_agiqa/prior_koniq10k) and write <out>/prior.pth in the official layout (vit_model_state_dict + "
+        "regressor_model_state_dict), ready for `model.kwargs.prior_checkpoint` or `agiqa models convert --prior`.",
+    )
+    parser.add_argument("--dataset", default="koniq10k", help="dataset name (agiqa datasets list) or 'csv'")
+    parser.add_argument("--root", required=True, help="dataset root")
+    parser.add_argument("--out", required=True, help="output directory (the run, plus prior.pth)")
+    parser.add_argument("-c", "--config", help="experiment YAML (default: the packaged moe_agiqa/prior_koniq10k)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set trainer.max_epochs=50")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    parser.set_defaults(func=_pretrain_prior)
+
+
+def default_config_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("agiqa").joinpath("configs", *DEFAULT_CONFIG)))
+
+
+def pretrain_prior(config, resume: bool = False) -> tuple[dict, Path]:
+    """Train the prior (`config.model.name` must build a `MoeAgiqaPrior`); returns test metrics and prior.pth."""
+    import torch
+
+    from agiqa.models import create_model
+    from agiqa.training.run import train
+
+    metrics = train(config, resume=resume)
+    out = Path(config.output_dir)
+    model = create_model(config.model.name, pretrained=str(out / "model"))
+    if not hasattr(model, "prior_state_dict"):
+        raise ValueError(f"{config.model.name} is not a prior network (use moe_agiqa_prior)")
+    target = out / PRIOR_FILE
+    tmp = target.with_suffix(".tmp")
+    torch.save(model.prior_state_dict(), tmp)
+    tmp.replace(target)
+    return metrics, target
+
+
+def _pretrain_prior(args) -> int:
+    from agiqa.cli import quiet_lightning
+
+    quiet_lightning(args.verbose)
+    from agiqa.training.cli import _print_overall
+    from agiqa.training.config import TrainConfig
+
+    config = TrainConfig.from_yaml(args.config or default_config_path(),
+                                   [f"data.dataset={args.dataset}", f"data.root={args.root}", *args.overrides])
+    config.output_dir = args.out
+    metrics, target = pretrain_prior(config, resume=args.resume)
+    if metrics:
+        _print_overall(metrics, args.out)
+    print(f"prior written to {target}")
+    return 0
