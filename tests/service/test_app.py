@@ -54,3 +54,17 @@ def test_health_info_and_limits(client):
     mismatch = http.post("/score", files=[("images", ("a.png", png_bytes(0), "image/png"))],
                          data={"prompts": ["one", "two"]})
     assert mismatch.status_code == 422
+
+
+def test_moe_agiqa_service_scores_with_prompts_like_the_python_api():
+    torch.manual_seed(0)
+    model = create_model("test_moe_agiqa").eval()
+    http = TestClient(create_app(Scorer(model, device="cpu", precision="fp32"), "moe"))
+    assert http.get("/info").json()["needs_prompt"] is True
+    files = [("images", ("a.png", png_bytes(0), "image/png")), ("images", ("b.png", png_bytes(1), "image/png"))]
+    prompts = ["two red circles, flat style", "one blue star, striped style"]
+    assert http.post("/score", files=files).status_code == 422  # no prompts: a clear client error, not a 500
+    results = http.post("/score", files=files, data={"prompts": prompts}).json()["results"]
+    images = [Image.open(io.BytesIO(png_bytes(i))).convert("RGB") for i in (0, 1)]
+    direct = model.score(images, prompts)
+    assert [r["score"] for r in results] == pytest.approx(direct.tolist(), abs=1e-5)

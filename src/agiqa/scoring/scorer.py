@@ -67,6 +67,12 @@ class Scorer:
             raise AgiqaError("this model fuses semantic features: pass encoder=<VLM id or directory> (CLI: --encoder)")
 
     @property
+    def needs_prompt(self) -> bool:
+        """True when every image needs its prompt (MoE-AGIQA's semantic branch; MA-AGIQA's prompt placeholders)."""
+        uses_text = self.processor is not None and bool(getattr(self.model.config, "use_text", False))
+        return uses_text or self.needs_semantic
+
+    @property
     def image_size(self) -> int:
         return int(self.model.config.img_size)
 

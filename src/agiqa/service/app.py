@@ -25,7 +25,7 @@ def create_app(scorer: Scorer, model_name: str = "model"):
     @app.get("/info")
     def info() -> dict:
         return {"model": model_name, "image_size": scorer.image_size, "score_range": scorer.score_range,
-                "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_semantic}
+                "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt}
 
     @app.post("/score")
     async def score(images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None)) -> dict:
@@ -33,6 +33,9 @@ def create_app(scorer: Scorer, model_name: str = "model"):
             raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
         if prompts is not None and len(prompts) != len(images):
             raise HTTPException(422, f"got {len(images)} images but {len(prompts)} prompts")
+        if prompts is None and scorer.needs_prompt:
+            raise HTTPException(422, f"{model_name} compares each image with its prompt: send one `prompts` field "
+                                "per image")
         decoded, errors = [], {}
         for index, upload in enumerate(images):
             try:

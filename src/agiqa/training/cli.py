@@ -1,22 +1,24 @@
-"""`agiqa train`, `agiqa evaluate`, `agiqa reproduce`."""
+"""`agiqa train`, `agiqa evaluate`, `agiqa reproduce`, `agiqa configs` (the packaged experiment configs)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 
 def register(subparsers) -> None:
     _register_train(subparsers)
     _register_evaluate(subparsers)
     _register_reproduce(subparsers)
+    _register_configs(subparsers)
 
 
 def _register_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model from a YAML experiment config, then test its best epoch",
-        description="Train with Lightning from a YAML config (see configs/), choose the best epoch by validation "
-        "SRCC+PLCC, test it and write predictions, metrics, report and plot to the output directory.",
+        description="Train with Lightning from a YAML config (a file, or a packaged experiment by name: `agiqa configs "
+        "list`), choose the best epoch by validation SRCC+PLCC, test it and write predictions, metrics, report and plot "
+        "to the output directory.",
     )
-    parser.add_argument("-c", "--config", required=True, help="experiment YAML, e.g. configs/ma_agiqa/agiqa3k.yaml")
+    parser.add_argument("-c", "--config", required=True,
+                        help="experiment: a YAML file, or a packaged config name such as ma_agiqa/agiqa3k "
+                        "(a path that exists wins)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.root=/data/AGIQA-3K --set trainer.max_epochs=5")
     parser.add_argument("--out", help="output directory (overrides output_dir in the config)")
@@ -30,8 +32,9 @@ def _register_train(subparsers) -> None:
 
 def load_config(args):
     from agiqa.training.config import TrainConfig
+    from agiqa.training.experiments import resolve_config
 
-    config = TrainConfig.from_yaml(args.config, args.overrides)
+    config = TrainConfig.from_yaml(resolve_config(args.config), args.overrides)
     if getattr(args, "out", None):
         config.output_dir = args.out
     if getattr(args, "official_quirks", False):
@@ -115,14 +118,18 @@ def _evaluate(args) -> int:
 def _register_reproduce(subparsers) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="train+test a paper experiment over several seeds; table next to the paper's numbers",
-        description="Run a paper experiment (configs/<model>/<dataset>.yaml) for N seeds (split and training seed "
-        "both vary; seed 20 first, the official one) and write a markdown table with mean ± std next to the paper.",
+        description="Run a paper experiment (the packaged config <model>/<dataset>, e.g. ma_agiqa/agiqa3k) for N seeds "
+        "(split and training seed both vary; seed 20 first, the official one) and write a markdown table with "
+        "mean ± std next to the paper.",
     )
-    parser.add_argument("model", help="ma-agiqa or maniqa")
-    parser.add_argument("--dataset", required=True, help="agiqa3k or aigiqa20k")
+    parser.add_argument("model", help="a model folder of the configs: ma-agiqa, maniqa, moe-agiqa, ...")
+    parser.add_argument("--dataset", required=True,
+                        help="experiment under the model's configs, e.g. agiqa3k, aigiqa20k, ablations/agiqa3k_concat")
     parser.add_argument("--root", required=True, help="dataset root")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds")
-    parser.add_argument("--configs-dir", default="configs", help="where the experiment YAMLs are")
+    parser.add_argument("--configs-dir", default=None,
+                        help="a folder of your own experiment YAMLs laid out as <model>/<dataset>.yaml "
+                        "(default: the configs packaged with agiqa)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True, help="output directory (one sub-folder per seed)")
     parser.set_defaults(func=_reproduce)
@@ -132,13 +139,62 @@ def _reproduce(args) -> int:
     from agiqa.cli import quiet_lightning
 
     quiet_lightning(args.verbose)
-    from agiqa.errors import AgiqaError
+    from agiqa.training.experiments import experiment_config
     from agiqa.training.reproduce import reproduce
 
-    config_path = Path(args.configs_dir) / args.model.replace("-", "_") / f"{args.dataset}.yaml"
-    if not config_path.is_file():
-        raise AgiqaError(f"no experiment config {config_path}; see {args.configs_dir}/")
+    config_path = experiment_config(args.model, args.dataset, args.configs_dir)
     table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides,
                       paper_model=args.model.replace("-", "_"))
     print(table)
+    return 0
+
+
+def _register_configs(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "configs", help="list or print the experiment configs packaged with agiqa (for agiqa train -c NAME)",
+        description="The paper experiments ship inside the package as YAML files; `agiqa train -c NAME` and "
+        "`agiqa reproduce` find them by name (e.g. ma_agiqa/agiqa3k). `show NAME > my.yaml` gives a copy to edit.",
+    )
+    actions = parser.add_subparsers(dest="configs_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="names of the packaged configs, with the first comment line of each")
+    listing.add_argument("filter", nargs="?", help="keep names containing this text (or matching it as a glob: "
+                         "'ma_agiqa/ablations/*')")
+    listing.add_argument("-q", "--names-only", action="store_true", help="names only, one per line")
+    listing.set_defaults(func=_configs_list)
+    show = actions.add_parser("show", help="print a packaged config's YAML")
+    show.add_argument("name", help="config name, e.g. ma_agiqa/agiqa3k (.yaml optional)")
+    show.add_argument("--path", action="store_true", help="print the file's location instead of its text")
+    show.set_defaults(func=_configs_show)
+
+
+DESCRIPTION_WIDTH = 100
+
+
+def _configs_list(args) -> int:
+    from agiqa.errors import AgiqaError
+    from agiqa.training.experiments import config_description, list_configs
+
+    names = list_configs(args.filter)
+    if not names:
+        raise AgiqaError(f"no packaged config matches {args.filter!r}; `agiqa configs list` shows them all")
+    width = max(len(name) for name in names)
+    for name in names:
+        if args.names_only:
+            print(name)
+            continue
+        description = config_description(name)
+        if len(description) > DESCRIPTION_WIDTH:
+            description = description[: DESCRIPTION_WIDTH - 3].rstrip() + "..."
+        print(f"{name:<{width}}  {description}".rstrip())
+    return 0
+
+
+def _configs_show(args) -> int:
+    from agiqa.training.experiments import config_path, config_text
+
+    if args.path:
+        print(config_path(args.name))
+    else:
+        text = config_text(args.name)
+        print(text, end="" if text.endswith("\n") else "\n")
     return 0

@@ -92,7 +92,7 @@ class TestSection:
 
 @dataclass
 class TrainConfig:
-    """A whole experiment; `agiqa train -c configs/ma_agiqa/agiqa3k.yaml --set optim.lr=1e-4`."""
+    """A whole experiment; `agiqa train -c ma_agiqa/agiqa3k --set optim.lr=1e-4` (a packaged config or a YAML path)."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PRIOR_FILE = "prior.pth"
-DEFAULT_CONFIG = ("moe_agiqa", "prior_koniq10k.yaml")
+DEFAULT_CONFIG = "moe_agiqa/prior_koniq10k"  # a packaged config (agiqa configs show moe_agiqa/prior_koniq10k)
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", default="koniq10k", help="dataset name (agiqa datasets list) or 'csv'")
     parser.add_argument("--root", required=True, help="dataset root")
     parser.add_argument("--out", required=True, help="output directory (the run, plus prior.pth)")
-    parser.add_argument("-c", "--config", help="experiment YAML (default: the packaged moe_agiqa/prior_koniq10k)")
+    parser.add_argument("-c", "--config", help="experiment YAML, or a packaged config name "
+                        "(default: the packaged moe_agiqa/prior_koniq10k)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set trainer.max_epochs=50")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
@@ -25,9 +26,9 @@ def register(subparsers) -> None:
 
 
 def default_config_path() -> Path:
-    from importlib.resources import files
+    from agiqa.training.experiments import config_path
 
-    return Path(str(files("agiqa").joinpath("configs", *DEFAULT_CONFIG)))
+    return config_path(DEFAULT_CONFIG)
 
 
 def pretrain_prior(config, resume: bool = False) -> tuple[dict, Path]:
@@ -55,8 +56,9 @@ def _pretrain_prior(args) -> int:
     quiet_lightning(args.verbose)
     from agiqa.training.cli import _print_overall
     from agiqa.training.config import TrainConfig
+    from agiqa.training.experiments import resolve_config
 
-    config = TrainConfig.from_yaml(args.config or default_config_path(),
+    config = TrainConfig.from_yaml(resolve_config(args.config) if args.config else default_config_path(),
                                    [f"data.dataset={args.dataset}", f"data.root={args.root}", *args.overrides])
     config.output_dir = args.out
     metrics, target = pretrain_prior(config, resume=args.resume)
