@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -117,7 +118,7 @@ def official_files(s: Sizes, seed: int = 0, device: str = "cpu", prior: bool = T
     reward["blip.text_encoder.embeddings.position_ids"] = torch.arange(s.positions, device=device)[None]
     best = {"epoch": 3, "reward_model_state_dict": reward,
             "regressor_model_state_dict": materialise(regressor_shapes(s, prior), seed + 1, device),
-            "optimizer_state_dict": {}, "scheduler_state_dict": {}, "loss": 0.1}
+            "optimizer_state_dict": {}, "scheduler_state_dict": {}, "loss": np.float64(0.1)}  # as released: a numpy scalar
     prior_file = {"vit_model_state_dict": materialise(vit_shapes(s), seed + 2, device),
                   "regressor_model_state_dict": {}}
     return best, prior_file, materialise(vit_shapes(s), seed + 3, device)

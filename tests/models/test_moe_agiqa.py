@@ -80,6 +80,20 @@ def test_crops_are_averaged_and_prompt_features_shared():
     torch.testing.assert_close(model(**x), per_crop.mean(dim=1), rtol=1e-5, atol=1e-6)
 
 
+def test_vits_see_raw_crops_as_released_and_centred_pixels_when_asked():
+    raw, centred = tiny(), tiny(vit_input_normalize=True)
+    centred.load_state_dict(raw.state_dict())
+    crops = tiny_inputs()["crops"].flatten(0, 1)
+    timm_input = (crops - 0.5) / 0.5
+    torch.testing.assert_close(centred.forward_degradation(crops), raw.forward_degradation(timm_input))
+    torch.testing.assert_close(centred.forward_prior(crops), raw.forward_prior(timm_input))
+    assert not torch.allclose(centred.forward_prior(crops), raw.forward_prior(crops))
+    prior_raw = create_model("test_moe_agiqa_prior").eval()
+    prior_centred = create_model("test_moe_agiqa_prior", vit_input_normalize=True).eval()
+    prior_centred.load_state_dict(prior_raw.state_dict())
+    torch.testing.assert_close(prior_centred(crops), prior_raw(timm_input))
+
+
 def test_degradation_vit_runs_only_to_the_last_hooked_block():
     with torch.device("meta"):
         full = MoeAgiqa(MoeAgiqaConfig())

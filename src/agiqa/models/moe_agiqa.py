@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agiqa.models._builder import build_model_with_cfg, load_state_dict_file
+from agiqa.models._builder import build_model_with_cfg, load_state_dict_file, torch_load_weights_only
 from agiqa.models._config import ModelConfig
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._registry import register_model
@@ -74,6 +74,10 @@ class MoeAgiqaConfig(ModelConfig):
         hooked_blocks: 0-indexed degradation-ViT blocks whose outputs are used (4..7); later blocks are not built.
         backbone_name / backbone_pretrained / backbone_pretrained_tag: the degradation ViT; with
             ``backbone_pretrained`` timm loads the ImageNet weights the official code used (AugReg in21k -> in1k).
+        vit_input_normalize: feed both timm ViTs ``(x - 0.5) / 0.5`` instead of the raw [0, 1] crops. The release
+            feeds raw crops (although timm's ImageNet weights expect mean = std = 0.5), so False is the default
+            and what official weights need; True is for ViTs trained from scratch (the tiny synthetic runs learn
+            far better with centred inputs, docs/moe_agiqa.md).
         use_prior: the KonIQ-10k prior branch (v2); False gives v1 (no ``prior_vit``, no SE gate, no weight1/2).
         prior_checkpoint: a prior checkpoint (``pretrain.py`` / ``agiqa pretrain-prior`` output) loaded at build.
         use_text: the semantic branch and cross-attention; False is the text-ablated model.
@@ -105,6 +109,7 @@ class MoeAgiqaConfig(ModelConfig):
     backbone_name: str = "vit_base_patch16_224"
     backbone_pretrained: bool = False
     backbone_pretrained_tag: str = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+    vit_input_normalize: bool = False
     use_prior: bool = True
     prior_checkpoint: str | None = None
     use_text: bool = True
@@ -176,6 +181,11 @@ def _vit(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
             "`backbone_pretrained=False`, load complete weights with `pretrained=PATH`, or make the timm weights "
             "reachable (HF_HUB_OFFLINE with a filled cache)."
         ) from err
+
+
+def vit_input(crops: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """What the timm ViTs see: the [0, 1] crops as released, or ``(x - 0.5) / 0.5`` with ``vit_input_normalize``."""
+    return crops * 2 - 1 if normalize else crops
 
 
 def build_degradation_vit(c: MoeAgiqaConfig) -> nn.Module:
@@ -427,15 +437,16 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
     # ------------------------------------------------------------------------------------------------ branches
     def forward_degradation(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops (N, 3, S, S) in [0, 1] -> hooked block outputs (N, feature_dim, g, g); later blocks are not run."""
+        pixels = vit_input(crops, self.config.vit_input_normalize)
         feats = self.degradation_vit.forward_intermediates(
-            crops, indices=list(self.config.hooked_blocks), stop_early=True, intermediates_only=True, output_fmt="NLC"
+            pixels, indices=list(self.config.hooked_blocks), stop_early=True, intermediates_only=True, output_fmt="NLC"
         )
         g = self.config.grid_size
         return torch.cat(feats, dim=2).transpose(1, 2).unflatten(2, (g, g))
 
     def forward_prior(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops -> the prior ViT's CLS token after its final norm (N, embed_dim)."""
-        return self.prior_vit.forward_features(crops)[:, 0]
+        return self.prior_vit.forward_features(vit_input(crops, self.config.vit_input_normalize))[:, 0]
 
     def forward_semantic(self, prompt_image: torch.Tensor, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor) -> torch.Tensor:
@@ -632,7 +643,7 @@ VIT_HEAD_PREFIXES = ("head.",)
 def _read_official(path: str | os.PathLike) -> dict:
     """An official ``torch.save`` dict, read with ``weights_only=True`` (arbitrary pickles are refused)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load_weights_only(path)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"official checkpoint not found: {path}") from err
     except Exception as err:
@@ -739,6 +750,7 @@ class MoeAgiqaPriorConfig(ModelConfig):
     Args:
         img_size / patch_size / embed_dim / vit_depth / vit_num_heads / backbone_*: the timm ViT (as in
             :class:`MoeAgiqaConfig`; ``backbone_pretrained`` starts from the ImageNet weights, as released).
+        vit_input_normalize: as in :class:`MoeAgiqaConfig` (a prior trained with it must be used with it).
         freeze_ratio: the ViT's parameters are frozen in name order up to and including the first one of block
             ``int(depth * freeze_ratio)`` (``blocks.8.norm1.weight`` at 0.7), as released.
         label_scale / train_crops / test_crops: as in :class:`MoeAgiqaConfig` (labels MOS / max MOS, 3 / 15 crops).
@@ -752,6 +764,7 @@ class MoeAgiqaPriorConfig(ModelConfig):
     backbone_name: str = "vit_base_patch16_224"
     backbone_pretrained: bool = False
     backbone_pretrained_tag: str = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+    vit_input_normalize: bool = False
     freeze_ratio: float = 0.7
     label_scale: float = 1.0
     train_crops: int = 3
@@ -774,8 +787,9 @@ class PriorHead(nn.Module):
 class MoeAgiqaPrior(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-quality-assessment", "moe-agiqa"]):
     """The prior network: ``vit`` (timm ViT-B/16, its normed CLS token) + ``regressor`` (:class:`PriorHead`).
 
-    Input: crops (B, 3, S, S) or (B, K, 3, S, S) in [0, 1], not normalised (as released); output (B,) scores
-    averaged over crops, times ``label_scale``. :meth:`prior_state_dict` writes the file MoE-AGIQA loads.
+    Input: crops (B, 3, S, S) or (B, K, 3, S, S) in [0, 1] (fed raw as released unless ``vit_input_normalize``);
+    output (B,) scores averaged over crops, times ``label_scale``. :meth:`prior_state_dict` writes the file
+    MoE-AGIQA loads.
     """
 
     config_class = MoeAgiqaPriorConfig
@@ -804,7 +818,8 @@ class MoeAgiqaPrior(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         if crops.dim() == 4:
             crops = crops.unsqueeze(1)
-        per_crop = self.regressor(self.vit.forward_features(crops.flatten(0, 1))[:, 0])
+        flat = vit_input(crops.flatten(0, 1), self.config.vit_input_normalize)
+        per_crop = self.regressor(self.vit.forward_features(flat)[:, 0])
         return per_crop.unflatten(0, crops.shape[:2]).mean(dim=1) * self.config.label_scale
 
     def prior_state_dict(self) -> dict:
