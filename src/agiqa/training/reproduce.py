@@ -19,6 +19,12 @@ def paper_result(model: str, experiment: str) -> dict | None:
     return table.get(model, {}).get(experiment)
 
 
+def paper_note(model: str) -> str:
+    """Why a model has no paper numbers beside ours (its `note` entry), or a plain statement that none are known."""
+    table = yaml.safe_load(PAPER_RESULTS_FILE.read_text())
+    return table.get(model, {}).get("note") or f"No published {model} numbers are known for this experiment."
+
+
 def seed_list(count: int) -> list[int]:
     """The official seed 20 first, then 21, 22, ..."""
     return [OFFICIAL_SEED + offset for offset in range(count)]
@@ -61,4 +67,6 @@ def results_table(model: str, experiment: str, summary: dict, n_runs: int) -> st
         lines.append(f"| {key.upper()} | {ours} | {theirs} |")
     if paper.get("source"):
         lines += ["", f"Paper numbers: {paper['source']} of arXiv:2404.17762."]
+    elif not paper:
+        lines += ["", paper_note(model)]
     return "\n".join(lines) + "\n"
