@@ -21,6 +21,14 @@ def without_weight_sources(values: dict) -> dict:
     return out
 
 
+def check_hooked_vit(img_size: int, patch_size: int, hooked_blocks, vit_depth: int) -> None:
+    """The checks every hooked-ViT config shares: whole patches, hooked blocks that exist."""
+    if img_size % patch_size:
+        raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+    if not hooked_blocks or max(hooked_blocks) >= vit_depth or min(hooked_blocks) < 0:
+        raise ValueError(f"hooked_blocks {hooked_blocks} must index ViT blocks 0..{vit_depth - 1}")
+
+
 class ModelConfig:
     """Mixin for a model's config dataclass: tuple normalisation, ``to_dict`` and a strict ``from_dict``."""
 

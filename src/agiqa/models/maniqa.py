@@ -29,7 +29,7 @@ from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from agiqa.models._builder import build_model_with_cfg, load_pretrained
-from agiqa.models._config import ModelConfig
+from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
@@ -447,10 +447,7 @@ class ManiqaConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
-        if not self.hooked_blocks or max(self.hooked_blocks) >= self.vit_depth or min(self.hooked_blocks) < 0:
-            raise ValueError(f"hooked_blocks {self.hooked_blocks} must index ViT blocks 0..{self.vit_depth - 1}")
+        check_hooked_vit(self.img_size, self.patch_size, self.hooked_blocks, self.vit_depth)
         if len(self.swin_depths) != len(self.swin_num_heads):
             raise ValueError("swin_depths and swin_num_heads must have the same length")
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agiqa.models._builder import build_model_with_cfg, load_state_dict_file, torch_load_weights_only
-from agiqa.models._config import ModelConfig
+from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._registry import register_model
 from agiqa.models.maniqa import ManiqaViTAttention, full_precision
@@ -145,10 +145,7 @@ class MoeAgiqaConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
-        if not self.hooked_blocks or max(self.hooked_blocks) >= self.vit_depth or min(self.hooked_blocks) < 0:
-            raise ValueError(f"hooked_blocks {self.hooked_blocks} must index ViT blocks 0..{self.vit_depth - 1}")
+        check_hooked_vit(self.img_size, self.patch_size, self.hooked_blocks, self.vit_depth)
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be in 1..num_experts ({self.num_experts}), got {self.top_k}")
         if self.label_scale <= 0:
