@@ -69,13 +69,14 @@ def normalize_name(name: str) -> str:
     return name
 
 
-def _lookup(name: str) -> Traversable:
+def _lookup(name: str, missing: str | None = None) -> Traversable:
+    """A packaged config by name; else an `AgiqaError` that starts with `missing` and names close matches."""
     packaged = _packaged()
     key = normalize_name(name)
     if key in packaged:
         return packaged[key]
-    raise AgiqaError(f"no packaged experiment config {name!r}{_suggestions(key, list(packaged))}; "
-                     "`agiqa configs list` shows them all")
+    missing = missing or f"no packaged experiment config {name!r}"
+    raise AgiqaError(f"{missing}{_suggestions(key, list(packaged))}; `agiqa configs list` shows them all")
 
 
 def _suggestions(key: str, names: list[str]) -> str:
@@ -86,9 +87,9 @@ def _suggestions(key: str, names: list[str]) -> str:
     return f" (close matches: {', '.join(close[:8])})" if close else ""
 
 
-def config_path(name: str) -> Path:
+def config_path(name: str, missing: str | None = None) -> Path:
     """The file of a packaged config (`ma_agiqa/agiqa3k`; `.yaml` optional)."""
-    entry = _lookup(name)
+    entry = _lookup(name, missing)
     if isinstance(entry, Path):
         return entry
     # A zipped install: a copy that outlives this call, under the config's own file name (its stem names the run).
@@ -122,12 +123,7 @@ def resolve_config(value: str | os.PathLike) -> Path:
         return path
     if path.is_dir():
         raise AgiqaError(f"{value} is a directory, not an experiment config (a YAML file or a packaged name)")
-    packaged = _packaged()
-    key = normalize_name(str(value))
-    if key in packaged:
-        return config_path(key)
-    raise AgiqaError(f"no config file {str(value)!r} and no packaged experiment config of that name"
-                     f"{_suggestions(key, list(packaged))}; `agiqa configs list` shows them all")
+    return config_path(str(value), f"no config file {str(value)!r} and no packaged experiment config of that name")
 
 
 def experiment_config(model: str, dataset: str, configs_dir: str | os.PathLike | None = None) -> Path:
