@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from agiqa._files import sha256_file
+from agiqa.errors import AgiqaError
 from agiqa.models._config import without_weight_sources
 from agiqa.models._pretrained import PretrainedCfg
 
@@ -18,8 +19,8 @@ _logger = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "AGIQA_WEIGHTS_DIR"
 
 
-class WeightsNotFoundError(RuntimeError):
-    """Raised when no source of a requested pretrained weight can be reached."""
+class WeightsNotFoundError(AgiqaError, RuntimeError):
+    """Raised when no source of a requested pretrained weight can be reached (the CLI prints its message)."""
 
 
 def _numpy_scalar_globals() -> list:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from agiqa.models._builder import build_model_with_cfg, load_pretrained
+from agiqa.models._builder import WeightsNotFoundError, build_model_with_cfg, load_pretrained
 from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._pretrained import PretrainedCfg
@@ -557,7 +557,7 @@ class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qualit
         except Exception as err:
             if not c.backbone_pretrained:
                 raise
-            raise RuntimeError(
+            raise WeightsNotFoundError(
                 f"Could not load the ImageNet ViT weights '{name}' through timm ({type(err).__name__}: {err}). "
                 "They are only needed to train from scratch: pass `backbone_pretrained=False` (random ViT), or load "
                 "a full MANIQA checkpoint with `pretrained=PATH`, or make the timm weights reachable (HF_HUB_OFFLINE "

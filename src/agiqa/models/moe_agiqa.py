@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agiqa.models._builder import build_model_with_cfg, load_state_dict_file, torch_load_weights_only
+from agiqa.models._builder import (
+    WeightsNotFoundError,
+    build_model_with_cfg,
+    load_state_dict_file,
+    torch_load_weights_only,
+)
 from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._registry import register_model
@@ -173,7 +178,7 @@ def _vit(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     except Exception as err:
         if not pretrained:
             raise
-        raise RuntimeError(
+        raise WeightsNotFoundError(
             f"Could not load the ImageNet ViT weights '{name}' through timm ({type(err).__name__}: {err}). Pass "
             "`backbone_pretrained=False`, load complete weights with `pretrained=PATH`, or make the timm weights "
             "reachable (HF_HUB_OFFLINE with a filled cache)."
