@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import sys
 
+from agiqa.data.images import DEFAULT_MAX_PIXELS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "score", help="score image files or folders with a trained model (CSV out, best-of-N per prompt)",
         description="Score images with a model directory (a training run's model/ folder or save_pretrained output) "
-        "or a registered model name with weights. Writes one row per image (path, prompt, score, rank, best); "
-        "unreadable images are listed at the end and make the exit code 1.",
+        "or a registered model name with weights. Writes one row per image (path, prompt, score, rank, best, error); "
+        "unreadable images keep their row (empty score, the reason in `error`), are listed at the end and make "
+        "the exit code 1.",
     )
     parser.add_argument("model", help="model directory, or a registered name such as maniqa.koniq10k")
     parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
@@ -25,6 +28,8 @@ def register(subparsers) -> None:
                         help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs)")
     parser.add_argument("--compile-mode",
                         help="torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse (report) images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     parser.set_defaults(func=_score)
 
@@ -41,18 +46,20 @@ def _score(args) -> int:
     prompts = _read_prompts(args.prompts, files) if args.prompts else None
     scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, precision=args.precision,
                     batch_size=args.batch_size, encoder=args.encoder, trust_remote_code=args.trust_remote_code,
-                    compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode)
+                    compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
+                    max_pixels=args.max_pixels)
     result = scorer.score([str(f) for f in files], prompts)
     table = pd.DataFrame({"path": [str(f) for f in files], "prompt": prompts or [""] * len(files),
                           "score": result.scores})
-    table = rank_within_prompt(table, lower_better=scorer.lower_better)
+    table = rank_within_prompt(table, lower_better=scorer.lower_better).assign(error=result.errors)
     if args.out:
         table.to_csv(args.out, index=False)
-        print(f"wrote {len(table)} rows to {args.out}")
+        print(f"wrote {len(table)} rows to {args.out}: {len(files) - len(result.failures)} scored, "
+              f"{len(result.failures)} failed")
     else:
         print(table.to_csv(index=False), end="")
     if result.failures:
-        print(f"{len(result.failures)} image(s) could not be scored:", file=sys.stderr)
+        print(f"{len(result.failures)} of {len(files)} image(s) could not be scored:", file=sys.stderr)
         for name, reason in result.failures:
             print(f"  {name}: {reason}", file=sys.stderr)
         return 1

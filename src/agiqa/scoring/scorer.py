@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agiqa.data.images import DEFAULT_MAX_PIXELS, decode_image
 from agiqa.errors import AgiqaError, ImageLoadError
 
 _logger = logging.getLogger(__name__)
@@ -19,10 +20,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 @dataclass
 class ScoreResult:
-    """Scores aligned with the inputs (NaN where an image failed) and the failures as (input, reason)."""
+    """Scores, names and errors aligned with the inputs: NaN score and a reason where an image failed."""
 
     scores: np.ndarray
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """(name, reason) of every input that could not be scored."""
+        return [(name, error) for name, error in zip(self.names, self.errors) if error is not None]
 
 
 def find_images(paths: list[str | os.PathLike]) -> list[Path]:
@@ -44,18 +51,20 @@ class Scorer:
     features of new images; prompts fill `{prompt}` placeholders of the encoder's questions. `compile=True` runs the
     model through `torch.compile` (`compile_mode`, e.g. "reduce-overhead" for CUDA graphs): on a GPU the first batch of
     each size compiles (tens of seconds), which pays off on large folders; on a CPU MANIQA's backbone compiles once,
-    for one image, and gains a few percent at most (docs/maniqa.md, Speed).
+    for one image, and gains a few percent at most (docs/maniqa.md, Speed). Every input is decoded by
+    `agiqa.data.images.decode_image` (one rule for paths, bytes, PIL images and arrays; `max_pixels` bounds it).
     """
 
     def __init__(self, model: str | os.PathLike | nn.Module, pretrained: bool | str = True, device: str = "auto",
                  precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
-                 compile: bool = False, compile_mode: str | None = None):
+                 compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         from agiqa.scoring.inference import prepare_model
 
         self.model = prepare_model(_build(model, pretrained), device, compile=compile, compile_mode=compile_mode)
         self.device = next(self.model.parameters()).device
         self.precision = precision
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
         self.needs_semantic = bool(getattr(self.model.config, "semantic_experts", ()))
         # Models with their own preprocessing (MoE-AGIQA: seeded crops + prompt image + tokens).
         self.processor = self.model.processor() if hasattr(self.model, "processor") else None
@@ -76,33 +85,35 @@ class Scorer:
     def image_size(self) -> int:
         return int(self.model.config.img_size)
 
-    def score(self, images: list, prompts: list[str] | None = None) -> ScoreResult:
-        """Scores for image paths or PIL images; a failing image gets NaN and an entry in `failures`."""
-        if prompts is not None and len(prompts) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    def score(self, images: list, prompts: list[str] | None = None, names: list[str] | None = None) -> ScoreResult:
+        """Scores for image paths, encoded bytes, PIL images or arrays; a failing image gets NaN and an error.
+
+        `names` label the inputs in errors (default: the path, a PIL image's filename, or "image <i>").
+        """
+        for what, values in (("prompts", prompts), ("names", names)):
+            if values is not None and len(values) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(values)} {what}")
+        names = list(names) if names is not None else [_input_name(item, i) for i, item in enumerate(images)]
         scores = np.full(len(images), np.nan)
-        failures: list[tuple[str, str]] = []
+        errors: list[str | None] = [None] * len(images)
         for start in range(0, len(images), self.batch_size):
-            batch = list(range(start, min(start + self.batch_size, len(images))))
-            loaded = self._load(images, batch, failures)
+            loaded = self._load(images, names, range(start, min(start + self.batch_size, len(images))), errors)
             if loaded:
                 indices, pil_images = zip(*loaded)
                 batch_prompts = [prompts[i] for i in indices] if prompts is not None else None
                 scores[list(indices)] = self._score_batch(list(pil_images), batch_prompts)
-        for name, reason in failures:
+        result = ScoreResult(scores, names, errors)
+        for name, reason in result.failures:
             _logger.warning("could not score %s: %s", name, reason)
-        return ScoreResult(scores, failures)
+        return result
 
-    def _load(self, images: list, indices: list[int], failures: list) -> list:
-        from agiqa.data.images import load_image
-
+    def _load(self, images: list, names: list[str], indices: range, errors: list) -> list:
         loaded = []
         for index in indices:
-            item = images[index]
             try:
-                loaded.append((index, item.convert("RGB") if hasattr(item, "convert") else load_image(item)))
+                loaded.append((index, decode_image(images[index], names[index], self.max_pixels)))
             except ImageLoadError as err:
-                failures.append((str(item), err.reason))
+                errors[index] = err.reason
         return loaded
 
     def _inputs(self, pil_images: list, prompts: list[str] | None) -> dict:
@@ -125,6 +136,12 @@ class Scorer:
         batch = {key: value.to(self.device) for key, value in self._inputs(pil_images, prompts).items()}
         with inference_context(self.precision, self.device):
             return model_scores(self.model, batch).float().cpu().numpy()
+
+
+def _input_name(item, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return getattr(item, "filename", None) or f"image {index}"
 
 
 def _build(model, pretrained) -> nn.Module:

@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime.
 """
 
-import io
 import math
 
 from agiqa.scoring.scorer import Scorer
@@ -14,7 +13,6 @@ MAX_IMAGES_PER_REQUEST = 64
 def create_app(scorer: Scorer, model_name: str = "model"):
     """A FastAPI app around one loaded `Scorer` (the model is loaded once, at start-up)."""
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-    from PIL import Image, UnidentifiedImageError
 
     app = FastAPI(title="agiqa scoring service", version="1")
 
@@ -36,21 +34,14 @@ def create_app(scorer: Scorer, model_name: str = "model"):
         if prompts is None and scorer.needs_prompt:
             raise HTTPException(422, f"{model_name} compares each image with its prompt: send one `prompts` field "
                                 "per image")
-        decoded, errors = [], {}
-        for index, upload in enumerate(images):
-            try:
-                image = Image.open(io.BytesIO(await upload.read()))
-                image.load()
-                decoded.append((index, image))
-            except (UnidentifiedImageError, OSError) as err:
-                errors[index] = f"{upload.filename}: not a readable image ({err})"
-        results = [{"filename": upload.filename, "score": None, "error": errors.get(i)} for i, upload in enumerate(images)]
-        if decoded:
-            indices = [i for i, _ in decoded]
-            scored = scorer.score([image for _, image in decoded], [prompts[i] for i in indices] if prompts else None)
-            for index, value in zip(indices, scored.scores):
-                results[index]["score"] = None if math.isnan(value) else float(value)
-        return {"model": model_name, "results": results}
+        names = [upload.filename or f"image {i}" for i, upload in enumerate(images)]
+        # Decoded by the scorer's one rule (agiqa.data.images.decode_image), exactly as a file on disk would be.
+        scored = scorer.score([await upload.read() for upload in images], prompts, names=names)
+        results = [{"filename": name, "score": None if math.isnan(value) else float(value),
+                    "error": None if error is None else f"{name}: {error}"}
+                   for name, value, error in zip(names, scored.scores, scored.errors)]
+        return {"model": model_name, "n_scored": sum(error is None for error in scored.errors),
+                "n_failed": sum(error is not None for error in scored.errors), "results": results}
 
     return app
 
