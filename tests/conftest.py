@@ -1,6 +1,18 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests write only under temporary folders and never wait on the network: caches that default to the user's home
+# (decoded images, torch hub, Hugging Face) point into one temporary folder for the session, and the hub is offline
+# (a test that needs a download fails at once with a clear error). Set before any test imports those libraries;
+# subprocesses started by tests inherit it.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="agiqa-tests-"))
+os.environ["AGIQA_CACHE_DIR"] = str(_SESSION_HOME / "agiqa")
+os.environ["TORCH_HOME"] = str(_SESSION_HOME / "torch")
+os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 

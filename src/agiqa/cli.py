@@ -5,6 +5,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from agiqa import __version__
 
@@ -47,6 +48,13 @@ def quiet_lightning(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# Optional dependencies and the extra that installs them, for a one-line hint instead of an ImportError.
+OPTIONAL_MODULES = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "python_multipart": "serve"}
+# Mistakes a user fixes (a wrong path, a missing file): one line, exit code 2; anything else is a bug and shows
+# its traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     from agiqa.errors import AgiqaError
 
@@ -57,12 +65,31 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("agiqa").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except AgiqaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (AgiqaError, *USER_ERRORS) as err:
+        return _report(user_message(err), args.verbose)
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_MODULES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        return _report(f"{err.name} is not installed; it comes with the [{extra}] extra: "
+                       f"pip install 'agiqa[{extra}]'", args.verbose)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def user_message(err: BaseException) -> str:
+    """One line for a user mistake: an OSError names its file, not its errno."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
+def _report(message: str, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -18,5 +18,9 @@ class ImageLoadError(AgiqaError, OSError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ConfigError(AgiqaError, ValueError):
+    """An experiment config (YAML or `--set` override) has an unknown key or a value of the wrong type."""
+
+
 class InvalidOptionError(AgiqaError, ValueError):
     """An option's value is not one of those accepted; the message lists them."""

@@ -136,6 +136,15 @@ def load_dataset(
     return frame
 
 
+def check_label_file(name: str, root: str | os.PathLike | None, target: str | None = None, **opts) -> Path:
+    """The dataset's label file, or a `DatasetValidationError` naming it when it is not there: a cheap check that
+    commands run before building models, so a wrong root is reported first."""
+    spec = _resolve_spec(name, root, target, opts)
+    if not spec.label_path.is_file():
+        raise DatasetValidationError(f"label file not found: {spec.label_path} (is {spec.root} the {name} root?)")
+    return spec.label_path
+
+
 def _resolve_spec(name: str, root, target: str | None, opts: dict) -> _Spec:
     if name == GENERIC:
         return _generic_spec(root, target, opts)

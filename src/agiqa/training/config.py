@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from agiqa.errors import ConfigError
 
 
 @dataclass
@@ -123,28 +127,53 @@ class TrainConfig:
 
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
         default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         sub_cls = type(default()) if default is not None and dataclasses.is_dataclass(default()) else None
-        values[name] = _build(sub_cls, value or {}, f"{where}.{name}") if sub_cls else value
+        if sub_cls:
+            values[name] = _build(sub_cls, value or {}, f"{where}.{name}")
+        else:
+            values[name] = _checked(value, hints[name], f"{where}.{name}")
     return cls(**values)
+
+
+def _checked(value, hint, where: str):
+    """`value` if it has the annotated type (ints pass as floats, numbers as strings); else a `ConfigError`."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if origin is float or isinstance(value, int):
+                return origin(value)
+        if origin is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if origin in (dict, list) and isinstance(value, origin):
+            return value
+    names = " or ".join("null" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
+                        for k in allowed)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
 def apply_override(data: dict, override: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML) to a nested dict in place."""
     if "=" not in override:
-        raise ValueError(f"override {override!r} must look like key.sub=value")
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
     keys = dotted.strip().split(".")
     node = data
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {override!r}: {key} is not a section")
+            raise ConfigError(f"override {override!r}: {key} is not a section")
     node[keys[-1]] = yaml.safe_load(raw)

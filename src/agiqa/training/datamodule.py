@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ SPLIT_PARTS = ("train", "val", "test")
 def decode_images(paths: list[str], size: int, cache_dir: str | None = None) -> torch.Tensor:
     """All images decoded and resized once → uint8 (N, 3, size, size); every unreadable file is listed in one error.
 
-    With `cache_dir`, the tensor is stored as `.npy` keyed by the file list and size, so later runs skip decoding.
+    With `cache_dir`, the tensor is stored as `.npy` keyed by the size and each file's path, byte size and mtime,
+    so later runs skip decoding and an edited file is decoded again.
     """
     cache_file = _image_cache_file(paths, size, cache_dir)
     if cache_file is not None and cache_file.is_file():
@@ -48,10 +50,22 @@ def decode_images(paths: list[str], size: int, cache_dir: str | None = None) -> 
 
 
 def _image_cache_file(paths: list[str], size: int, cache_dir: str | None) -> Path | None:
+    """Cache file named by a hash of the size and every file's path, byte size and modification time (ns): a file
+    edited, replaced or touched in place gives a new key, so stale pixels are never used (docs/robustness.md)."""
     if not cache_dir:
         return None
-    digest = hashlib.sha256(("\n".join(paths) + f"\n{size}").encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"images_{size}_{digest}.npy"
+    digest = hashlib.sha256(f"{size}\n".encode())
+    for path in paths:
+        digest.update(f"{path}\0{_file_stamp(path)}\n".encode())
+    return Path(cache_dir) / f"images_{size}_{digest.hexdigest()[:16]}.npy"
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "missing"  # decoding reports it; a later run with the file present gets a new key
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 class AGIQASamples(Dataset):
@@ -114,9 +128,19 @@ def load_frame(config: DataSection) -> pd.DataFrame:
     """The dataset's label frame (columns name, path, prompt, mos, generator), validated."""
     from agiqa.data import load_dataset
 
+    return load_dataset(config.dataset, config.root, target=config.target, **_dataset_options(config))
+
+
+def check_data_root(config: DataSection) -> None:
+    """Fail fast, before any model is built, when the configured dataset has no label file."""
+    from agiqa.data.datasets import check_label_file
+
+    check_label_file(config.dataset, config.root, target=config.target, **_dataset_options(config))
+
+
+def _dataset_options(config: DataSection) -> dict:
     options = dict(csv=config.csv, image_col=config.image_col, score_col=config.score_col, prompt_col=config.prompt_col)
-    return load_dataset(config.dataset, config.root, target=config.target,
-                        **{key: value for key, value in options.items() if value is not None})
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split"):

@@ -18,7 +18,7 @@ from agiqa.models._config import without_weight_sources
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
-from agiqa.training.datamodule import AGIQADataModule
+from agiqa.training.datamodule import AGIQADataModule, check_data_root
 from agiqa.models import model_scores, saved_architecture
 from agiqa.training.module import IQAModule
 from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
@@ -47,15 +47,20 @@ def with_image_cache(data: DataSection) -> DataSection:
 
 def build_datamodule(config: TrainConfig, model: torch.nn.Module) -> AGIQADataModule:
     data = with_image_cache(config.data)
-    test_config = None
-    if config.test.dataset:
-        test_config = dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
-                                          target=config.test.target, csv=None, split_file=None)
+    test_config = test_data(config, data)
     select_on_test = config.official_quirks and getattr(model, "official_selects_on_test", False)
     return AGIQADataModule(data, needs_semantic=needs_semantic(model), official_quirks=config.official_quirks,
                            seed=config.trainer.seed, test_config=test_config,
                            test_subset="all" if config.test.subset == "all" else "split",
                            select_on_test=select_on_test, **processing(model))
+
+
+def test_data(config: TrainConfig, data: DataSection) -> DataSection | None:
+    """The cross-dataset test set's data section (`test.dataset`), or None to test on `data`'s own split."""
+    if not config.test.dataset:
+        return None
+    return dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
+                               target=config.test.target, csv=None, split_file=None)
 
 
 def needs_semantic(model: torch.nn.Module) -> bool:
@@ -93,6 +98,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     Writes to `config.output_dir`: config.yaml, split.json, checkpoints/{best,last}.ckpt (resume),
     model/ (best weights as safetensors + config.json), predictions.csv, metrics.json, report.md, scatter.png.
     """
+    for data in (config.data, test_data(config, config.data)):
+        if data is not None:
+            check_data_root(data)  # a wrong root is reported before any model (or its weights) is loaded
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
