@@ -24,3 +24,13 @@ class ConfigError(AgiqaError, ValueError):
 
 class InvalidOptionError(AgiqaError, ValueError):
     """An option's value is not one of those accepted; the message lists them."""
+
+
+class UntrustedFileError(AgiqaError):
+    """A pickle (checkpoint, feature file) holds Python objects other than weights, which could run code: refused
+    (``weights_only=True``) before anything in it runs."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: refused to load: its pickle holds Python objects beyond tensors and plain "
+                         f"values, which could run code ({reason}). Use files from sources you trust.")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from agiqa.errors import AgiqaError
 from agiqa.models import create_model
 from agiqa.models.maniqa import (
     FUSED_CUDA_ATTENTION_MAX_HEAD_DIM,
@@ -524,5 +525,5 @@ def test_official_checkpoint_unexpected_and_missing_keys(tmp_path):
 def test_checkpoint_file_must_be_weights_only(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled module: refused by weights_only=True
-    with pytest.raises(RuntimeError, match="weights-only"):
+    with pytest.raises(AgiqaError, match="refused to load"):
         load_official_checkpoint(path, **TINY)

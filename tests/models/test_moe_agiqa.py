@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from agiqa.errors import AgiqaError
 from agiqa.models import create_model
 from agiqa.models._builder import load_state_dict_strict
 from agiqa.models.moe_agiqa import (
@@ -252,7 +253,7 @@ def test_official_files_are_read_weights_only(tmp_path):
 
     path = tmp_path / "best.pth"
     path.write_bytes(pickle.dumps({"reward_model_state_dict": Evil()}))
-    with pytest.raises(RuntimeError, match="weights-only"):
+    with pytest.raises(AgiqaError, match="refused to load"):
         convert_official_checkpoint(path)
     assert not marker.exists()
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from agiqa._files import sha256_file
+from agiqa._files import sha256_file, torch_load_weights_only
 from agiqa.errors import AgiqaError
 from agiqa.models._config import without_weight_sources
 from agiqa.models._pretrained import PretrainedCfg
@@ -23,21 +23,6 @@ class WeightsNotFoundError(AgiqaError, RuntimeError):
     """Raised when no source of a requested pretrained weight can be reached (the CLI prints its message)."""
 
 
-def _numpy_scalar_globals() -> list:
-    """What official training checkpoints pickle beside their tensors (``'loss': numpy.float64``): numpy scalars and
-    dtypes, under numpy 2's and numpy 1's module names. Nothing that can run code."""
-    import numpy as np
-
-    scalar = np._core.multiarray.scalar
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *{type(np.dtype(c)) for c in "fdqlibe?"}]
-
-
-def torch_load_weights_only(path: str | os.PathLike):
-    """``torch.load(weights_only=True)`` that also accepts numpy scalars (official checkpoints store their loss so)."""
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read weights from `.safetensors` or a PyTorch pickle (always `weights_only=True`)."""
     path = Path(path)
@@ -49,7 +34,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch_load_weights_only(path)
-    except Exception as err:  # pickles holding arbitrary objects are refused by weights_only
+    except AgiqaError:
+        raise
+    except Exception as err:
         raise RuntimeError(f"Could not read {path} as a weights-only PyTorch checkpoint: {err}") from err
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

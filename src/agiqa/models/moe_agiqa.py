@@ -34,12 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agiqa.models._builder import (
-    WeightsNotFoundError,
-    build_model_with_cfg,
-    load_state_dict_file,
-    torch_load_weights_only,
-)
+from agiqa._files import torch_load_weights_only
+from agiqa.errors import AgiqaError
+from agiqa.models._builder import WeightsNotFoundError, build_model_with_cfg, load_state_dict_file
 from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._registry import register_model
@@ -648,6 +645,8 @@ def _read_official(path: str | os.PathLike) -> dict:
         obj = torch_load_weights_only(path)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"official checkpoint not found: {path}") from err
+    except AgiqaError:
+        raise
     except Exception as err:
         raise RuntimeError(f"Could not read {path} as a weights-only PyTorch checkpoint: {err}") from err
     if not isinstance(obj, dict):

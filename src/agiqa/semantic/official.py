@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from agiqa._files import torch_load_weights_only
 from agiqa.semantic.base import PAPER_PROMPT_NAMES, PAPER_PROMPTS
 from agiqa.semantic.cache import FeatureCache
 from agiqa.semantic.extract import ExtractionReport
@@ -46,7 +47,7 @@ def official_feature_paths(feature_dir: str | os.PathLike, image_name: str) -> t
 
 
 def _load_vector(path: str) -> torch.Tensor:
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    tensor = torch_load_weights_only(path)
     if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0 or (tensor.ndim == 2 and tensor.shape[0] != 1) \
             or tensor.ndim > 2:
         raise ValueError(f"expected a (1, D) tensor, got {type(tensor).__name__} {getattr(tensor, 'shape', '')}")

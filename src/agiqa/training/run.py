@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from agiqa._files import torch_load_weights_only, untrusted_file_error
 from agiqa.models._config import without_weight_sources
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
@@ -113,7 +115,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     config.to_yaml(out / "config.yaml")
     trainer = _trainer(config, out, progress)
     last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None,
+                    weights_only=True)
+    except pickle.UnpicklingError as err:  # the resumed checkpoint holds more than weights: refused, nothing ran
+        raise untrusted_file_error(last, err) from err
     if not trainer.is_global_zero:
         return {}
     best = out / "checkpoints" / "best.ckpt"
@@ -176,7 +182,7 @@ def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
 
 def load_trained_module(checkpoint: str | Path) -> IQAModule:
     """Rebuild an `IQAModule` from a Lightning checkpoint without fetching any backbone weights."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = torch_load_weights_only(checkpoint)
     hparams = dict(state["hyper_parameters"])
     hparams["pretrained"] = False
     hparams["model_kwargs"] = without_weight_sources(hparams.get("model_kwargs") or {})
