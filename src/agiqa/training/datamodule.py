@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from agiqa.errors import DatasetValidationError, ImageLoadError
 from agiqa.data.transforms import augment, normalize, resize_image
@@ -66,6 +66,24 @@ def _file_stamp(path: str) -> str:
     except OSError:
         return "missing"  # decoding reports it; a later run with the file present gets a new key
     return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+class EpochShuffle(Sampler):
+    """Training order: one permutation per epoch, drawn from (seed, epoch) alone, so a run resumed at an epoch
+    boundary sees exactly the batches an uninterrupted run sees (Lightning calls `set_epoch` every epoch)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class AGIQASamples(Dataset):
@@ -217,11 +235,11 @@ class AGIQADataModule(L.LightningDataModule):
         return AGIQASamples(data.images, data.mos, rows, data.semantic, train_augment, self.config.augment_prob)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         # Processed samples always train on fresh random crops (the official augmentation).
         train_augment = self.config.augment or self.processor is not None
-        return DataLoader(self.samples("train", train_augment=train_augment), batch_size=self.config.batch_size,
-                          shuffle=True, drop_last=True, num_workers=self.config.num_workers, generator=generator)
+        samples = self.samples("train", train_augment=train_augment)
+        return DataLoader(samples, batch_size=self.config.batch_size, sampler=EpochShuffle(len(samples), self.seed),
+                          drop_last=True, num_workers=self.config.num_workers)
 
     def eval_dataloader(self, part: str) -> DataLoader:
         if self.official_quirks:

@@ -1,6 +1,8 @@
 """The training loop, once: loss, optimiser, schedule, validation metrics and prediction collection."""
 from __future__ import annotations
 
+import random
+
 import lightning as L
 import numpy as np
 import torch
@@ -87,9 +89,33 @@ class IQAModule(L.LightningModule):
         score = float(np.nan_to_num(srcc, nan=-1.0) + np.nan_to_num(plcc, nan=-1.0))
         self.log_dict({"val/srcc": srcc, "val/plcc": plcc, "val/score": score}, prog_bar=True, sync_dist=False)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints are written at epoch ends: with the RNG states a resumed run draws the same augmentations,
+        # crops and dropout masks as an uninterrupted one (the batch order comes from `EpochShuffle`).
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.t_max, eta_min=hp.eta_min)
         # Stepped every batch, as the official code does.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def rng_states() -> dict:
+    """Python, numpy and torch RNG states as tensors and plain values (loadable with weights_only=True)."""
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (torch.from_numpy(keys.copy()), position, has_gauss, cached),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `rng_states` saved."""
+    random.setstate(states["python"])
+    keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy(), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])

@@ -1,0 +1,77 @@
+"""Interrupted jobs resume exactly: `agiqa train` killed with SIGKILL in the middle of an epoch (a real subprocess),
+then `--resume`d, ends with the same weights and test metrics as an uninterrupted run; its checkpoint is whole."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from agiqa.data.synth import generate_synthetic
+
+# Resumed and uninterrupted runs do the same float operations in the same order: equal to float32 rounding.
+TOLERANCE = 1e-6
+EPOCHS = 4
+KILL_AFTER_CHECKPOINT_S = 0.5
+
+
+def _agiqa(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agiqa.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupt")
+    generate_synthetic(root / "data", n=1000, seed=0, image_size=32)
+    config = {
+        "model": {"name": "test_ma_agiqa", "kwargs": {"semantic_experts": []}},
+        "data": {"dataset": "agiqa3k", "root": str(root / "data"), "image_size": 32, "batch_size": 8,
+                 "eval_batch_size": 64, "image_cache": str(root / "cache"), "augment": True},
+        "optim": {"lr": 1e-3, "t_max": 100},
+        "trainer": {"max_epochs": EPOCHS, "accelerator": "cpu", "devices": 1, "precision": "32-true", "seed": 0},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run(_agiqa("train", "-c", str(root / "config.yaml"), "--out", str(root / "whole")), check=True,
+                   capture_output=True)
+    return root
+
+
+def _kill_mid_epoch(root: Path) -> int:
+    """Start a run, wait for its first checkpoint (written at the end of epoch 0), SIGKILL it a moment later, in
+    epoch 1 (90 batches: seconds); return the epoch its checkpoint holds."""
+    last = root / "killed" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(_agiqa("train", "-c", str(root / "config.yaml"), "--out", str(root / "killed")),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not last.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(KILL_AFTER_CHECKPOINT_S)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return torch.load(last, map_location="cpu", weights_only=True)["epoch"]  # whole, loadable, weights only
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(experiment):
+    root = experiment
+    saved_epoch = _kill_mid_epoch(root)
+    assert saved_epoch < EPOCHS - 1 and not (root / "killed" / "metrics.json").exists()
+    subprocess.run(_agiqa("train", "-c", str(root / "config.yaml"), "--out", str(root / "killed"), "--resume"),
+                   check=True, capture_output=True)
+    whole = json.loads((root / "whole" / "metrics.json").read_text())["overall"]
+    resumed = json.loads((root / "killed" / "metrics.json").read_text())["overall"]
+    for key in ("srcc", "plcc", "rmse"):
+        assert resumed[key] == pytest.approx(whole[key], abs=TOLERANCE), key
+    a = load_file(root / "whole" / "model" / "model.safetensors")
+    b = load_file(root / "killed" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= TOLERANCE
