@@ -33,6 +33,7 @@ class IQAModule(L.LightningModule):
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.criterion = LOSSES[loss]()
         self._outputs: dict[str, list] = {}
+        self.last_val_table: np.ndarray | None = None  # [row, prediction, MOS] of the latest validation, gathered
 
     @property
     def uses_semantic(self) -> bool:
@@ -81,6 +82,7 @@ class IQAModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         table = self.gathered("val")
+        self.last_val_table = table
         srcc = plcc = float("nan")
         if len(table) >= 3:
             metrics = compute_metrics(table[:, 1], table[:, 2])

@@ -98,6 +98,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     """Fit with validation-based model selection, then test the best epoch; returns the test metrics.
 
     Writes to `config.output_dir`: config.yaml, split.json, checkpoints/{best,last}.ckpt (resume),
+    val_predictions.csv (the last validation, gathered from every process),
     model/ (best weights as safetensors + config.json), predictions.csv, metrics.json, report.md, scatter.png.
     """
     for data in (config.data, test_data(config, config.data)):
@@ -122,6 +123,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         raise untrusted_file_error(last, err) from err
     if not trainer.is_global_zero:
         return {}
+    if module.last_val_table is not None:
+        rows, predictions = module.last_val_table[:, 0].astype(int), module.last_val_table[:, 1]
+        predictions_frame(datamodule.fit_data.frame, rows, predictions).assign(row=rows).to_csv(
+            out / "val_predictions.csv", index=False)
     best = out / "checkpoints" / "best.ckpt"
     module = load_trained_module(best if best.is_file() else last)
     module.model.save_pretrained(out / "model")
