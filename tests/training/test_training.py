@@ -148,6 +148,18 @@ def test_unknown_config_key_names_the_key(tmp_path):
         TrainConfig.from_dict({"optim": {"lrr": 1}})
 
 
+def test_config_values_are_type_checked_and_numeric_strings_read_as_numbers():
+    config = TrainConfig.from_dict({"optim": {"lr": "5e-4", "t_max": 10}, "trainer": {"devices": 2},
+                                    "data": {"root": 2023}})
+    assert config.optim.lr == 5e-4 and config.trainer.devices == 2 and config.data.root == "2023"
+    for section, key, value, expected in (("data", "batch_size", "abc", "must be int"),
+                                          ("optim", "lr", "fast", "must be float"),
+                                          ("trainer", "deterministic", "yes", "must be bool"),
+                                          ("data", "batch_size", 2.5, "must be int")):
+        with pytest.raises(ValueError, match=f"config.{section}.{key} {expected}, got"):
+            TrainConfig.from_dict({section: {key: value}})
+
+
 @pytest.mark.slow
 def test_ddp_with_two_processes_gives_the_same_metrics_format(synth_root, tmp_path):
     config = tiny_config(synth_root, tmp_path, trainer={"devices": 2, "strategy": "ddp_spawn"})

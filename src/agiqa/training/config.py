@@ -145,7 +145,8 @@ def _build(cls, data: dict, where: str):
 
 
 def _checked(value, hint, where: str):
-    """`value` if it has the annotated type (ints pass as floats, numbers as strings); else a `ConfigError`."""
+    """`value` if it has the annotated type (ints and numeric strings such as "5e-4" pass as floats, numbers as
+    strings); else a `ConfigError` naming the key."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return value
@@ -156,6 +157,11 @@ def _checked(value, hint, where: str):
         if origin in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if origin is float or isinstance(value, int):
                 return origin(value)
+        if origin is float and isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if origin is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         if origin in (dict, list) and isinstance(value, origin):
