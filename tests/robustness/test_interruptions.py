@@ -75,3 +75,55 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(experiment):
     b = load_file(root / "killed" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_agiqa_score_keeps_whole_rows_and_the_rerun_finishes_the_same(tmp_path):
+    """SIGINT to a real `agiqa score --out` mid-run: exit 130, the partial file holds whole rows only, and the
+    same command again scores only the rest and writes the CSV an uninterrupted run writes."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from agiqa.models import create_model
+
+    torch.manual_seed(0)
+    create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i:04d}.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    command = _agiqa("score", str(tmp_path / "model"), str(tmp_path / "images"), "--device", "cpu",
+                     "--batch-size", "1", "--out", str(tmp_path / "scores.csv"))
+    partial = tmp_path / "scores.csv.partial.csv"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while (not partial.is_file() or partial.stat().st_size < 1000) and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "scoring ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    kept = pd.read_csv(partial)
+    assert 0 < len(kept) < 401 and kept["path"].is_unique and not (tmp_path / "scores.csv").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 1  # broken.png
+    assert f"{len(kept)} of 401 images already scored" in resumed.stderr
+    assert not partial.exists()
+    subprocess.run([*command[:-1], str(tmp_path / "whole.csv")], capture_output=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "scores.csv"), pd.read_csv(tmp_path / "whole.csv"))
+
+
+def test_a_partial_file_of_another_setup_is_never_mixed_in(tmp_path, capsys):
+    from PIL import Image
+
+    from agiqa.cli import main
+    from agiqa.models import create_model
+
+    create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
+    Image.new("RGB", (24, 24)).save(tmp_path / "a.png")
+    (tmp_path / "s.csv.partial.csv").write_text("path,score,error\n")
+    (tmp_path / "s.csv.partial.json").write_text(json.dumps({"model": "another"}))
+    assert main(["score", str(tmp_path / "model"), str(tmp_path / "a.png"), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "holds scores of another setup" in capsys.readouterr().err

@@ -24,8 +24,8 @@ from agiqa.semantic.base import SemanticEncoder
 class CountingEncoder(SemanticEncoder):
     """Wraps an encoder, counts encoded images, optionally 'crashes' after `crash_after` batches."""
 
-    def __init__(self, inner, crash_after: int | None = None):
-        self.inner = inner
+    def __init__(self, inner, crash_after: int | None = None, crash: type[BaseException] = RuntimeError):
+        self.inner, self.crash = inner, crash
         self.name, self.feature_dim, self.prompts = inner.name, inner.feature_dim, inner.prompts
         self.layer, self.pooling = inner.layer, inner.pooling
         self.crash_after = crash_after
@@ -34,7 +34,7 @@ class CountingEncoder(SemanticEncoder):
 
     def encode(self, images, generation_prompts=None):
         if self.crash_after is not None and self.calls >= self.crash_after:
-            raise RuntimeError("simulated crash")
+            raise self.crash("simulated crash")
         self.calls += 1
         self.images += len(images)
         return self.inner.encode(images, generation_prompts)
@@ -92,6 +92,22 @@ def test_resume_after_crash(qwen_encoder, image_files, tmp_path):
 
     torch.testing.assert_close(load_features(cache_dir, image_files),
                                qwen_encoder.encode([load_image(p) for p in image_files]), rtol=1e-5, atol=1e-5)
+
+
+def test_ctrl_c_flushes_the_unwritten_shard_and_the_rerun_completes(qwen_encoder, image_files, tmp_path):
+    """Ctrl-C (KeyboardInterrupt, what SIGINT raises) before any shard is full: the flush-on-error path writes the
+    computed features, so the re-run encodes only the rest and the cache equals an uninterrupted run's."""
+    cache_dir = tmp_path / "cache"
+    interrupted = CountingEncoder(qwen_encoder, crash_after=3, crash=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(image_files, interrupted, cache_dir, batch_size=1, shard_size=100, progress=False)
+    assert interrupted.images == 3 and len(FeatureCache(cache_dir)) == 3  # no shard was full: only the flush wrote
+    resumed = CountingEncoder(qwen_encoder)
+    report = extract_features(image_files, resumed, cache_dir, batch_size=1, shard_size=100, progress=False)
+    assert resumed.images == 4 and (report.done, report.skipped) == (4, 3)
+    whole_dir = tmp_path / "whole"
+    extract_features(image_files, qwen_encoder, whole_dir, batch_size=1, shard_size=100, progress=False)
+    torch.testing.assert_close(load_features(cache_dir, image_files), load_features(whole_dir, image_files))
 
 
 def test_partial_shard_is_ignored(qwen_encoder, image_files, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,31 +91,35 @@ class Scorer:
 
         `names` label the inputs in errors (default: the path, a PIL image's filename, or "image <i>").
         """
+        parts = list(self.iter_scores(images, prompts, names))
+        if not parts:
+            return ScoreResult(np.empty(0), [], [])
+        return ScoreResult(np.concatenate([part.scores for part in parts]),
+                           [name for part in parts for name in part.names],
+                           [error for part in parts for error in part.errors])
+
+    def iter_scores(self, images: list, prompts: list[str] | None = None,
+                    names: list[str] | None = None) -> Iterator[ScoreResult]:
+        """`score`, one batch at a time: a `ScoreResult` per `batch_size` consecutive inputs, so callers can write
+        results as they come (and keep them when interrupted)."""
         for what, values in (("prompts", prompts), ("names", names)):
             if values is not None and len(values) != len(images):
                 raise ValueError(f"got {len(images)} images but {len(values)} {what}")
         names = list(names) if names is not None else [_input_name(item, i) for i, item in enumerate(images)]
-        scores = np.full(len(images), np.nan)
-        errors: list[str | None] = [None] * len(images)
         for start in range(0, len(images), self.batch_size):
-            loaded = self._load(images, names, range(start, min(start + self.batch_size, len(images))), errors)
+            stop = min(start + self.batch_size, len(images))
+            scores, errors, loaded = np.full(stop - start, np.nan), [None] * (stop - start), []
+            for offset, index in enumerate(range(start, stop)):
+                try:
+                    loaded.append((offset, decode_image(images[index], names[index], self.max_pixels)))
+                except ImageLoadError as err:
+                    errors[offset] = err.reason
+                    _logger.warning("could not score %s: %s", names[index], err.reason)
             if loaded:
-                indices, pil_images = zip(*loaded)
-                batch_prompts = [prompts[i] for i in indices] if prompts is not None else None
-                scores[list(indices)] = self._score_batch(list(pil_images), batch_prompts)
-        result = ScoreResult(scores, names, errors)
-        for name, reason in result.failures:
-            _logger.warning("could not score %s: %s", name, reason)
-        return result
-
-    def _load(self, images: list, names: list[str], indices: range, errors: list) -> list:
-        loaded = []
-        for index in indices:
-            try:
-                loaded.append((index, decode_image(images[index], names[index], self.max_pixels)))
-            except ImageLoadError as err:
-                errors[index] = err.reason
-        return loaded
+                offsets, pil_images = zip(*loaded)
+                batch_prompts = [prompts[start + o] for o in offsets] if prompts is not None else None
+                scores[list(offsets)] = self._score_batch(list(pil_images), batch_prompts)
+            yield ScoreResult(scores, names[start:stop], errors)
 
     def _inputs(self, pil_images: list, prompts: list[str] | None) -> dict:
         """The model's batch: resized + normalised images (and semantic features), or its processor's output."""
