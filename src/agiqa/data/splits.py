@@ -55,10 +55,48 @@ class Split:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Split":
-        with open(path, encoding="utf-8") as f:
-            split = cls(**json.load(f))
-        split.validate()
+        """Read a split written by `to_json`; anything else is a `DatasetValidationError` naming the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                document = json.load(f)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DatasetValidationError(f"{path}: not a split file (invalid JSON: {err})") from err
+        problems = _document_problems(document)
+        if problems:
+            raise DatasetValidationError(f"{path}: not a split file: " + "; ".join(problems))
+        split = cls(**document)
+        try:
+            split.validate()
+        except DatasetValidationError as err:
+            raise DatasetValidationError(f"{path}: {err}") from err
         return split
+
+
+_FIELD_CHECKS = {
+    "train": ("a list of row indices", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "val": ("a list of row indices", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "test": ("a list of row indices", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "method": ("a string", lambda v: isinstance(v, str)),
+    "seed": ("an integer or null", lambda v: v is None or _is_int(v)),
+    "n": ("a row count", lambda v: _is_int(v) and v >= 0),
+    "fold": ("an integer or null", lambda v: v is None or _is_int(v)),
+    "dataset": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+_REQUIRED = ("train", "val", "test", "method", "seed", "n")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _document_problems(document) -> list[str]:
+    if not isinstance(document, dict):
+        return [f"expected a JSON object, got {type(document).__name__}"]
+    problems = [f"missing {key!r}" for key in _REQUIRED if key not in document]
+    problems += [f"unknown key {key!r}" for key in document if key not in _FIELD_CHECKS]
+    problems += [f"{key!r} must be {what}" for key, (what, ok) in _FIELD_CHECKS.items()
+                 if key in document and not ok(document[key])]
+    return problems
 
 
 def _shuffled(n: int, seed: int) -> list[int]:

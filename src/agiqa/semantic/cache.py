@@ -91,6 +91,46 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _read_fingerprint(path: Path) -> dict[str, Any]:
+    try:
+        fingerprint = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FeatureCacheError(f"{path} is unreadable ({err}); re-extract into a new folder") from err
+    if not isinstance(fingerprint, dict):
+        raise FeatureCacheError(f"{path} is not a feature-cache fingerprint (a JSON object); re-extract into a new "
+                                "folder")
+    return fingerprint
+
+
+def _read_index_hint(path: Path) -> dict[str, dict]:
+    """index.json's shard entries that are well formed; the others are re-read from their shard files."""
+    try:
+        shards = json.loads(path.read_text()).get("shards", {})
+        if not isinstance(shards, dict):
+            raise ValueError("'shards' is not an object")
+    except (OSError, ValueError, AttributeError) as err:
+        logger.warning("%s is unreadable (%s); rebuilding the index from the shard files", path, err)
+        return {}
+    return {name: entry for name, entry in shards.items() if _well_formed_entry(entry)}
+
+
+def _well_formed_entry(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("keys"), list) and isinstance(entry.get("names"), list)
+            and len(entry["keys"]) == len(entry["names"]) and all(isinstance(k, str) for k in entry["keys"]))
+
+
+def _read_hash_memo(path: Path) -> dict[str, list]:
+    """The (path -> [size, mtime_ns, sha256]) memo; malformed entries are dropped (the files get hashed again)."""
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(memo, dict):
+        return {}
+    return {key: entry for key, entry in memo.items()
+            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)}
+
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
@@ -109,7 +149,7 @@ class FeatureCache:
             raise FeatureCacheError(
                 f"{self.path} is not a feature cache (no {FINGERPRINT_FILE}); create one with `agiqa features extract`"
             )
-        self.fingerprint: dict[str, Any] = json.loads(fp_path.read_text())
+        self.fingerprint: dict[str, Any] = _read_fingerprint(fp_path)
         self._rows: dict[str, tuple[str, int]] = {}  # key -> (shard file name, row)
         self._names: dict[str, str] = {}
         self._shards: dict[str, list[str]] = {}  # shard file name -> keys
@@ -173,10 +213,7 @@ class FeatureCache:
         hint: dict[str, dict] = {}
         index_path = self.path / INDEX_FILE
         if index_path.is_file():
-            try:
-                hint = json.loads(index_path.read_text()).get("shards", {})
-            except (OSError, ValueError):
-                logger.warning("%s is unreadable; rebuilding the index from the shard files", index_path)
+            hint = _read_index_hint(index_path)
         self._rows.clear()
         self._names.clear()
         self._shards.clear()
@@ -290,10 +327,7 @@ class FeatureCache:
     def content_hash(self, path: str | os.PathLike) -> str:
         """sha256 of the file, memoised on (absolute path, size, mtime) in memory; `save_hash_memo` persists it."""
         if self._hash_memo is None:
-            try:
-                self._hash_memo = json.loads((self.path / HASHES_FILE).read_text())
-            except (OSError, ValueError):
-                self._hash_memo = {}
+            self._hash_memo = _read_hash_memo(self.path / HASHES_FILE)
         st = os.stat(path)
         abspath = os.path.abspath(path)
         entry = self._hash_memo.get(abspath)
@@ -306,10 +340,7 @@ class FeatureCache:
     def save_hash_memo(self) -> None:
         if self._hash_memo:
             try:
-                try:  # merge with what other processes saved meanwhile
-                    on_disk = json.loads((self.path / HASHES_FILE).read_text())
-                except (OSError, ValueError):
-                    on_disk = {}
+                on_disk = _read_hash_memo(self.path / HASHES_FILE)  # merge with what other processes saved
                 _atomic_write_json(self.path / HASHES_FILE, {**on_disk, **self._hash_memo})
             except OSError as err:  # read-only cache: the memo is only an optimisation
                 logger.debug("cannot save %s: %s", HASHES_FILE, err)
