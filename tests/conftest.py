@@ -13,6 +13,7 @@ os.environ["AGIQA_CACHE_DIR"] = str(_SESSION_HOME / "agiqa")
 os.environ["TORCH_HOME"] = str(_SESSION_HOME / "torch")
 os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(_SESSION_HOME / "hypothesis")
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 
@@ -23,3 +24,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real label files not found at {SHARED_DATA.resolve()} (shared/data next to the repo root)")
     return SHARED_DATA.resolve()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temporary home (caches the tests wrote)."""
+    import shutil
+
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
