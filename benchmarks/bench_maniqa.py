@@ -7,7 +7,8 @@ FLOPs are counted once per configuration with ``torch.utils.flop_counter.FlopCou
 and attention; elementwise work is not counted). "needed" FLOPs are what our forward executes; the "official" line
 adds the dead work the official code also runs (ViT blocks after the last hooked one, final norm; its classifier head
 is not executed there either). Peak memory (warm-up + timed runs) is CUDA ``max_memory_allocated`` on GPU, else the
-peak resident set size above the pre-run baseline (after ``malloc_trim``), sampled every 5 ms. Other processes sharing the CPU lower the numbers: check ``uptime``.
+peak resident set size above the pre-run baseline (after ``malloc_trim``), sampled every 5 ms. Other processes
+sharing the CPU lower the numbers: check ``uptime``.
 
 Times are the best of ``--iters`` runs. The matmul peak each row is divided by ('mm now') is measured in the row's
 own precision (bf16/fp16 rows need their own limit) and sampled between the timed runs, best of all samples, so that
@@ -206,7 +207,8 @@ def run(args) -> None:
             gflops = flops * batch / seconds / 1e9
             label = f"{precision_arg}{'+compile' if compiled else ''}"
             print(f"{label:<14}{batch:>6}{precision:>6}{ips:>10.3f}{seconds / batch:>9.3f}"
-                  f"{statistics.median(times) / batch:>9.3f}{gflops:>10.1f}{peak_now:>8.1f}{100 * gflops / peak_now:>6.0f}%"
+                  f"{statistics.median(times) / batch:>9.3f}{gflops:>10.1f}{peak_now:>8.1f}"
+                  f"{100 * gflops / peak_now:>6.0f}%"
                   f"{mem.peak / 2**20:>9.0f}", flush=True)
             key = (batch, compiled)
             if precision == "fp32":

@@ -113,7 +113,8 @@ def run(args) -> None:
             print(f"{label:<16}{ms:>10.3f}{flops / args.batch / 1e9:>11.2f}{flops / ms / 1e6:>10.1f}"
                   f"{100 * flops / ms / 1e6 / peak:>6.0f}%{relative_error(output, ref):>10.2e}")
         whole_ms = best_ms(model, x, device, args.iters)
-    print(f"{'sum of stages':<16}{total_ms:>10.3f}{total_flops / args.batch / 1e9:>11.2f}{total_flops / total_ms / 1e6:>10.1f}"
+    print(f"{'sum of stages':<16}{total_ms:>10.3f}{total_flops / args.batch / 1e9:>11.2f}"
+          f"{total_flops / total_ms / 1e6:>10.1f}"
           f"{100 * total_flops / total_ms / 1e6 / peak:>6.0f}%")
     print(f"{'whole forward':<16}{whole_ms:>10.3f}{'':>11}{total_flops / whole_ms / 1e6:>10.1f}"
           f"{100 * total_flops / whole_ms / 1e6 / peak:>6.0f}%")

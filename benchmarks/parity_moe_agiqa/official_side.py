@@ -52,7 +52,8 @@ def imagereward_class():
         pkg.__path__ = [str(site / "ImageReward" / sub)]
         sys.modules[name] = pkg
     # vit.py imports fairscale's checkpoint_wrapper (only used with gradient checkpointing): stub it
-    for name in ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint", "fairscale.nn.checkpoint.checkpoint_activations"):
+    for name in ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint",
+                 "fairscale.nn.checkpoint.checkpoint_activations"):
         sys.modules[name] = types.ModuleType(name)
     sys.modules["fairscale.nn.checkpoint.checkpoint_activations"].checkpoint_wrapper = lambda m, *a, **k: m
     from ImageReward.models.BLIP import blip_pretrain

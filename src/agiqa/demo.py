@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "it on the held-out test split and write predictions, metrics and plots.",
     )
     parser.add_argument("--out", default="agiqa-demo", help="output folder (default: ./agiqa-demo)")
-    parser.add_argument("--n", type=int, default=10000, help="number of synthetic images (more data is what the from-scratch model needs most)")
+    parser.add_argument("--n", type=int, default=10000,
+                        help="number of synthetic images (more data is what the from-scratch model needs most)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training")
     parser.add_argument("--epochs", type=int, help="training epochs (default from the demo config)")
     parser.add_argument("--mismatch-rate", type=float, default=0.3,

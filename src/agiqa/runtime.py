@@ -45,7 +45,8 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    applied = (bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
+               and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
     _logger.debug("glibc mallopt thresholds %s", "raised" if applied else "unchanged")
     return applied
 

@@ -13,7 +13,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports its sibling bench_maniqa, as `python benchmarks/...` allows
+    # it imports its sibling bench_maniqa, as `python benchmarks/...` allows
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("bench_moe_agiqa", BENCHMARKS / "bench_moe_agiqa.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,7 +58,8 @@ def test_bench_moe_agiqa_tiny_prints_rows_per_precision_crops_and_batch(bench, c
         assert value == pytest.approx(semantic + k * per_crop, rel=1e-3)
 
     header = speed[0]
-    assert header[:5] == ["prec", "crops", "batch", "s/image", "images/s"] and header[-4:] == ["% peak", "peak MB", "CPU %", "load"]
+    assert header[:5] == ["prec", "crops", "batch", "s/image", "images/s"]
+    assert header[-4:] == ["% peak", "peak MB", "CPU %", "load"]
     assert [(r[0], int(r[1]), int(r[2])) for r in speed[1:]] == [
         (p, k, b) for p in ("fp32", "bf16") for k in (15, 5, 1) for b in (1, 2)]
     for row in speed[1:]:

@@ -36,14 +36,16 @@ TINY = Sizes(vit_dim=32, vit_depth=3, grid=4, patch=8, blip_dim=48, blip_depth=2
 
 
 def _shapes_vit(dim: int, depth: int, tokens: int, patch: int, head: int | None) -> dict:
-    shapes = {"cls_token": (1, 1, dim), "pos_embed": (1, tokens, dim), "patch_embed.proj.weight": (dim, 3, patch, patch),
-              "patch_embed.proj.bias": (dim,)}
+    shapes = {"cls_token": (1, 1, dim), "pos_embed": (1, tokens, dim),
+              "patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,)}
     for i in range(depth):
         b = f"blocks.{i}."
         shapes.update({b + "norm1.weight": (dim,), b + "norm1.bias": (dim,), b + "attn.qkv.weight": (3 * dim, dim),
-                       b + "attn.qkv.bias": (3 * dim,), b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
+                       b + "attn.qkv.bias": (3 * dim,), b + "attn.proj.weight": (dim, dim),
+                       b + "attn.proj.bias": (dim,),
                        b + "norm2.weight": (dim,), b + "norm2.bias": (dim,), b + "mlp.fc1.weight": (4 * dim, dim),
-                       b + "mlp.fc1.bias": (4 * dim,), b + "mlp.fc2.weight": (dim, 4 * dim), b + "mlp.fc2.bias": (dim,)})
+                       b + "mlp.fc1.bias": (4 * dim,), b + "mlp.fc2.weight": (dim, 4 * dim),
+                       b + "mlp.fc2.bias": (dim,)})
     shapes.update({"norm.weight": (dim,), "norm.bias": (dim,)})
     if head:
         shapes.update({"head.weight": (head, dim), "head.bias": (head,)})
@@ -52,7 +54,8 @@ def _shapes_vit(dim: int, depth: int, tokens: int, patch: int, head: int | None)
 
 def _shapes_text(s: Sizes) -> dict:
     d = s.text_dim
-    shapes = {"embeddings.word_embeddings.weight": (s.vocab, d), "embeddings.position_embeddings.weight": (s.positions, d),
+    shapes = {"embeddings.word_embeddings.weight": (s.vocab, d),
+              "embeddings.position_embeddings.weight": (s.positions, d),
               "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
     for i in range(s.text_layers):
         b = f"encoder.layer.{i}."
@@ -93,7 +96,8 @@ def regressor_shapes(s: Sizes, prior: bool = True) -> dict:
               "gating_network.0.weight": (s.experts, h), "gating_network.0.bias": (s.experts,)}
     if prior:
         shapes.update({"proj_prior": (v, h), "weight1": (1, h, s.grid, s.grid), "weight2": (1, h, s.grid, s.grid),
-                       "fc.0.weight": (h // 4, h), "fc.0.bias": (h // 4,), "fc.2.weight": (h, h // 4), "fc.2.bias": (h,)})
+                       "fc.0.weight": (h // 4, h), "fc.0.bias": (h // 4,), "fc.2.weight": (h, h // 4),
+                       "fc.2.bias": (h,)})
     for e in range(s.experts):
         shapes.update({f"proj_experts.{e}.project.0.weight": (h, h), f"proj_experts.{e}.project.0.bias": (h,),
                        f"proj_experts.{e}.project.2.weight": (1, h), f"proj_experts.{e}.project.2.bias": (1,)})
@@ -118,7 +122,8 @@ def official_files(s: Sizes, seed: int = 0, device: str = "cpu", prior: bool = T
     reward["blip.text_encoder.embeddings.position_ids"] = torch.arange(s.positions, device=device)[None]
     best = {"epoch": 3, "reward_model_state_dict": reward,
             "regressor_model_state_dict": materialise(regressor_shapes(s, prior), seed + 1, device),
-            "optimizer_state_dict": {}, "scheduler_state_dict": {}, "loss": np.float64(0.1)}  # as released: a numpy scalar
+            "optimizer_state_dict": {}, "scheduler_state_dict": {},
+            "loss": np.float64(0.1)}  # as released: a numpy scalar
     prior_file = {"vit_model_state_dict": materialise(vit_shapes(s), seed + 2, device),
                   "regressor_model_state_dict": {}}
     return best, prior_file, materialise(vit_shapes(s), seed + 3, device)

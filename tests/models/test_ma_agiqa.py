@@ -18,18 +18,21 @@ OFFICIAL_AFM_SHAPES = {
 }
 # ... and the modules it holds but never uses (REFERENCE.md), which loading must drop and nothing else.
 OFFICIAL_UNUSED_SHAPES = {
-    "fc39_784.0.weight": (392, 39), "fc39_784.0.bias": (392,), "fc39_784.3.weight": (784, 392), "fc39_784.3.bias": (784,),
+    "fc39_784.0.weight": (392, 39), "fc39_784.0.bias": (392,),
+    "fc39_784.3.weight": (784, 392), "fc39_784.3.bias": (784,),
     "encoder_layer.self_attn.in_proj_weight": (2352, 784), "encoder_layer.self_attn.in_proj_bias": (2352,),
     "encoder_layer.self_attn.out_proj.weight": (784, 784), "encoder_layer.self_attn.out_proj.bias": (784,),
     "encoder_layer.linear1.weight": (2048, 784), "encoder_layer.linear1.bias": (2048,),
     "encoder_layer.linear2.weight": (784, 2048), "encoder_layer.linear2.bias": (784,),
     "encoder_layer.norm1.weight": (784,), "encoder_layer.norm1.bias": (784,),
     "encoder_layer.norm2.weight": (784,), "encoder_layer.norm2.bias": (784,),
-    "fc_output.0.weight": (392, 784), "fc_output.0.bias": (392,), "fc_output.3.weight": (1, 392), "fc_output.3.bias": (1,),
+    "fc_output.0.weight": (392, 784), "fc_output.0.bias": (392,),
+    "fc_output.3.weight": (1, 392), "fc_output.3.bias": (1,),
     "fc4096_784_a.weight": (784, 4096), "fc4096_784_a.bias": (784,),
     "fc4096_784_b.weight": (784, 4096), "fc4096_784_b.bias": (784,),
     "quality.0.weight": (128, 2352), "quality.0.bias": (128,), "quality.1.weight": (1, 128), "quality.1.bias": (1,),
-    "fc784x3_1.0.weight": (128, 2352), "fc784x3_1.0.bias": (128,), "fc784x3_1.1.weight": (1, 128), "fc784x3_1.1.bias": (1,),
+    "fc784x3_1.0.weight": (128, 2352), "fc784x3_1.0.bias": (128,),
+    "fc784x3_1.1.weight": (1, 128), "fc784x3_1.1.bias": (1,),
     "fc4096_1024_a.weight": (1024, 4096), "fc4096_1024_a.bias": (1024,),
     "fc4096_1024_b.weight": (1024, 4096), "fc4096_1024_b.bias": (1024,),
 }
@@ -45,7 +48,8 @@ def test_official_state_dict_layout_loads_and_drops_exactly_the_unused_modules()
     torch.manual_seed(0)
     model = create_model("ma_agiqa").eval()
     own = model.state_dict()
-    afm_keys = {k for k in own if not k.startswith(("vit.", "tablock", "conv", "swintransformer", "fc_score", "fc_weight"))}
+    afm_keys = {k for k in own
+                if not k.startswith(("vit.", "tablock", "conv", "swintransformer", "fc_score", "fc_weight"))}
     assert {k: tuple(own[k].shape) for k in afm_keys} == OFFICIAL_AFM_SHAPES
     official = {f"module.{k}": v + 0.01 if v.is_floating_point() else v.clone() for k, v in own.items()}
     official.update({k: torch.randn(shape) for k, shape in OFFICIAL_UNUSED_SHAPES.items()})

@@ -54,8 +54,8 @@ def tiny_inputs(batch=2, crops=3, seed=0):
     ids = torch.randint(0, 64, (batch, 16), generator=g)
     mask = torch.ones(batch, 16, dtype=torch.long)
     mask[-1, 9:] = 0
-    return dict(crops=torch.rand(batch, crops, 3, 32, 32, generator=g), prompt_image=torch.randn(batch, 3, 32, 32, generator=g),
-                input_ids=ids, attention_mask=mask)
+    return dict(crops=torch.rand(batch, crops, 3, 32, 32, generator=g),
+                prompt_image=torch.randn(batch, 3, 32, 32, generator=g), input_ids=ids, attention_mask=mask)
 
 
 def test_shapes_through_every_branch():

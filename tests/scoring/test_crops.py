@@ -29,8 +29,8 @@ def test_random_crops_follow_the_official_numpy_stream():
     np.random.seed(20)  # official predict_one_image.py: setup_seed(20), then top/left per crop, upper bound exclusive
     expected = [(np.random.randint(0, 60 - 32), np.random.randint(0, 80 - 32)) for _ in range(6)]
     assert crop_offsets(60, 80, 32, "random", n=6, seed=20) == expected
-    for view, (t, l) in zip(views, expected):
-        assert torch.equal(view, img[:, t : t + 32, l : l + 32])
+    for view, (top, left) in zip(views, expected):
+        assert torch.equal(view, img[:, top : top + 32, left : left + 32])
     assert torch.equal(crop_views(img, 32, "random", n=6, seed=20), views)  # deterministic per seed
     assert not torch.equal(crop_views(img, 32, "random", n=6, seed=21), views)
 
@@ -48,8 +48,8 @@ def test_grid_covers_the_image():
     offsets = crop_offsets(50, 70, 32, "grid")
     assert offsets == [(0, 0), (0, 19), (0, 38), (18, 0), (18, 19), (18, 38)]
     covered = torch.zeros(50, 70, dtype=torch.bool)
-    for t, l in offsets:
-        covered[t : t + 32, l : l + 32] = True
+    for top, left in offsets:
+        covered[top : top + 32, left : left + 32] = True
     assert covered.all()
     assert crop_offsets(64, 64, 32, "grid") == [(0, 0), (0, 32), (32, 0), (32, 32)]
 

@@ -70,8 +70,8 @@ def tiny_qwen2_vl(seed: int = 0):
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56})
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
-                                 chat_template=QWEN_TEMPLATE)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
     return model, processor
 
 

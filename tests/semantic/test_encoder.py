@@ -92,7 +92,8 @@ def _accepts_vision_outputs(model) -> bool:
 def test_vision_tower_runs_once_per_image(qwen_pair):
     model, _ = qwen_pair
     if not _accepts_vision_outputs(model):
-        pytest.skip(f"transformers {transformers.__version__}: {type(model).__name__}.forward has no mm_encoder_outputs")
+        pytest.skip(f"transformers {transformers.__version__}: "
+                    f"{type(model).__name__}.forward has no mm_encoder_outputs")
     enc = _encoder(qwen_pair)
     seen = []
     hook = model.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))

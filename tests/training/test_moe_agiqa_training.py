@@ -147,7 +147,8 @@ def test_tiny_moe_agiqa_learns_synthetic_quality(tmp_path):
     synthetic images, ~5 min on 2 cores. No prompt mismatches here: every quality loss is in the pixels."""
     data = tmp_path / "synth"
     assert main(["synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0"]) == 0
-    assert main(["train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}",
+                 "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_scored"] == metrics["n_test"] == 1200
     assert metrics["overall"]["srcc"] >= 0.85

@@ -134,7 +134,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, origin: str = "st
     ]
     if missing or unexpected or mis_shaped:
         lines = [f"Weights from {origin} do not fit {type(model).__name__}:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)):
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mis_shaped)):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... (+{len(items) - 20} more)" if len(items) > 20 else "")
                 lines.append(f"  {len(items)} {title}: {shown}")

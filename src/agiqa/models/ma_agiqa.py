@@ -101,7 +101,8 @@ class AfmLayers:
         if config.use_maniqa:
             self.add_module(self.visual_expert_name, nn.Linear(fused, fused))
         for name in self.semantic_expert_names:
-            self.add_module(name, nn.Sequential(nn.Linear(config.semantic_dim, fused), nn.ReLU(), nn.Dropout(config.drop)))
+            self.add_module(name, nn.Sequential(nn.Linear(config.semantic_dim, fused), nn.ReLU(),
+                                                nn.Dropout(config.drop)))
         num_experts = self.num_experts
         if config.fusion == "moe":
             self.gating = nn.Linear(fused * num_experts, num_experts)
@@ -131,7 +132,8 @@ class AfmLayers:
         if semantic is None:
             raise ValueError("this MA-AGIQA variant needs semantic features: pass `semantic` of shape (B, P, D)")
         if semantic.dim() != 3 or semantic.shape[-1] != self.config.semantic_dim:
-            raise ValueError(f"semantic features must be (B, P, {self.config.semantic_dim}), got {tuple(semantic.shape)}")
+            raise ValueError(f"semantic features must be (B, P, {self.config.semantic_dim}), "
+                             f"got {tuple(semantic.shape)}")
         needed = max(self.config.semantic_experts) + 1
         if semantic.shape[1] < needed:
             raise ValueError(f"semantic features hold {semantic.shape[1]} prompts; expert indices need {needed}")
@@ -248,7 +250,8 @@ default_cfgs = {
 
 def _create_ma_agiqa(pretrained=False, pretrained_cfg=None, cache_dir=None, **kwargs) -> MaAgiqa:
     return build_model_with_cfg(
-        MaAgiqa, MaAgiqaConfig, pretrained, pretrained_cfg, filter_fn=checkpoint_filter_fn, cache_dir=cache_dir, **kwargs
+        MaAgiqa, MaAgiqaConfig, pretrained, pretrained_cfg, filter_fn=checkpoint_filter_fn, cache_dir=cache_dir,
+        **kwargs
     )
 
 

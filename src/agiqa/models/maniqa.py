@@ -816,7 +816,8 @@ def _create_maniqa(
 
 
 @register_model
-def maniqa(pretrained: Any = False, pretrained_cfg: PretrainedCfg | None = None, cache_dir: str | None = None, **kwargs):
+def maniqa(pretrained: Any = False, pretrained_cfg: PretrainedCfg | None = None, cache_dir: str | None = None,
+           **kwargs):
     """MANIQA (official configuration: ViT-B/8 blocks 6-9, 2 TABs, two Swin stages 768 / 384)."""
     return _create_maniqa("maniqa", pretrained, pretrained_cfg, cache_dir, **kwargs)
 

@@ -228,7 +228,8 @@ class BlipSemanticEncoder(nn.Module):
         )
         self.text_encoder = BlipTextModel(text_config, add_pooling_layer=False)
 
-    def forward(self, prompt_image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, prompt_image: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
         image_embeds = self.visual_encoder.forward_features(prompt_image)
         image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
@@ -834,7 +835,8 @@ def _prior_filter(state_dict: dict, model: MoeAgiqaPrior) -> dict:
     if "vit_model_state_dict" not in state_dict:
         return state_dict
     out = {f"vit.{k}": v for k, v in read_prior_checkpoint(state_dict).items()}
-    out.update({f"regressor.{k}": v for k, v in _strip_module(state_dict.get("regressor_model_state_dict", {})).items()})
+    out.update({f"regressor.{k}": v
+                for k, v in _strip_module(state_dict.get("regressor_model_state_dict", {})).items()})
     return out
 
 

@@ -78,7 +78,7 @@ def crop_offsets(height: int, width: int, size: int, mode: str, n: int = 20, see
     if mode == "grid":
         rows = np.linspace(0, height - size, math.ceil(height / size)).round().astype(int)
         cols = np.linspace(0, width - size, math.ceil(width / size)).round().astype(int)
-        return [(int(t), int(l)) for t in rows for l in cols]
+        return [(int(top), int(left)) for top in rows for left in cols]
     raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
 
 
@@ -114,7 +114,7 @@ def crop_views(
         return x.unsqueeze(1) if image.dim() == 4 else x
     image = pad_to_min_size(image, size, pad_mode, pad_value)
     H, W = image.shape[-2:]
-    views = [image[..., t : t + size, l : l + size] for t, l in crop_offsets(H, W, size, mode, n, seed)]
+    views = [image[..., top : top + size, left : left + size] for top, left in crop_offsets(H, W, size, mode, n, seed)]
     return torch.stack(views, dim=-4)
 
 

@@ -71,7 +71,8 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(device=hidden.device, dtype=torch.float32)
     counts = mask.sum(dim=1, keepdim=True)
     if bool((counts == 0).any()):
-        raise SemanticEncoderError("pooling selected no token in at least one sequence (wrong --pooling for this model?)")
+        raise SemanticEncoderError("pooling selected no token in at least one sequence "
+                                   "(wrong --pooling for this model?)")
     summed = torch.einsum("nld,nl->nd", hidden.float(), mask)
     return summed / counts
 
@@ -116,5 +117,5 @@ class SemanticEncoder(abc.ABC):
         return prompt_needs_generation_prompt(self.prompts)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, feature_dim={self.feature_dim}, n_prompts={len(self.prompts)}, "
-                f"layer={self.layer}, pooling={self.pooling!r})")
+        return (f"{type(self).__name__}(name={self.name!r}, feature_dim={self.feature_dim}, "
+                f"n_prompts={len(self.prompts)}, layer={self.layer}, pooling={self.pooling!r})")

@@ -159,7 +159,8 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, fingerprint: dict[str, Any], overwrite: bool = False) -> FeatureCache:
+    def create_or_open(cls, path: str | os.PathLike, fingerprint: dict[str, Any],
+                       overwrite: bool = False) -> FeatureCache:
         """Open the cache at `path` if it was made with the same fingerprint, else create it.
 
         Raises `StaleFeatureCacheError` (listing what changed) when `path` holds features of another setup, unless
@@ -246,7 +247,8 @@ class FeatureCache:
 
     def write_index(self) -> Path:
         """Write the merged index.json (rank 0 at the end of a run; safe to call any time)."""
-        shards = {s: {"keys": keys, "names": [self._names.get(k, "") for k in keys]} for s, keys in self._shards.items()}
+        shards = {s: {"keys": keys, "names": [self._names.get(k, "") for k in keys]}
+                  for s, keys in self._shards.items()}
         path = self.path / INDEX_FILE
         _atomic_write_json(path, {"format": FORMAT, "fingerprint": self.fingerprint, "count": len(self._rows),
                                   "shards": shards})

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                     "prompt. Default: the paper's two questions")
     ex.add_argument("--with-paper-prompts", action="store_true",
                     help="ask the paper's two questions first, then the --prompt ones")
-    ex.add_argument("--layer", type=int, default=-1, help="hidden_states index (default -1: last layer, after the norm)")
+    ex.add_argument("--layer", type=int, default=-1,
+                    help="hidden_states index (default -1: last layer, after the norm)")
     ex.add_argument("--pooling", choices=("all", "image", "text"), default="all",
                     help="mean over all tokens (paper), the image tokens, or the question tokens")
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward (each with all prompts)")
@@ -176,7 +177,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     fp = info["fingerprint"]
     print(f"{info['path']}: {info['images']} images in {info['shards']} shards")
-    for key in ("encoder", "revision", "backend", "layer", "pooling", "dtype", "storage_dtype", "feature_dim", "created"):
+    for key in ("encoder", "revision", "backend", "layer", "pooling", "dtype", "storage_dtype", "feature_dim",
+                "created"):
         print(f"  {key:13s} {fp.get(key)}")
     for name, prompt in zip(fp.get("prompt_names", []), fp.get("prompts", [])):
         print(f"  prompt {name}: {prompt}")

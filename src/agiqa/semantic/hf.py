@@ -153,7 +153,8 @@ class HFVLMEncoder(SemanticEncoder):
             self.tokenizer, "chat_template", None
         ):
             raise SemanticEncoderError(
-                f"{self.name}: the processor has no chat template; pass template='USER: {{question}}\\n{{image}} ASSISTANT:' "
+                f"{self.name}: the processor has no chat template; "
+                "pass template='USER: {question}\\n{image} ASSISTANT:' "
                 "(or a template suited to the model)"
             )
 

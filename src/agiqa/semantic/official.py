@@ -64,7 +64,8 @@ def import_official_features(
     image_paths: Sequence[str] | None = None,
 ) -> ExtractionReport:
     """Copy official `<stem>_semantic_content.pt` / `<stem>_coherence.pt` files into a cache keyed by the content
-    hash of `image_root/<name>` (or of `image_paths`, aligned with the names). Images or feature files that are missing/unreadable are reported, not fatal."""
+    hash of `image_root/<name>` (or of `image_paths`, aligned with the names). Images or feature files that are
+    missing/unreadable are reported, not fatal."""
     start = time.perf_counter()
     report = ExtractionReport(cache_dir=str(cache_dir), total=len(image_names))
     cache: FeatureCache | None = None

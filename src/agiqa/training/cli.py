@@ -13,8 +13,8 @@ def _register_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model from a YAML experiment config, then test its best epoch",
         description="Train with Lightning from a YAML config (a file, or a packaged experiment by name: `agiqa configs "
-        "list`), choose the best epoch by validation SRCC+PLCC, test it and write predictions, metrics, report and plot "
-        "to the output directory.",
+        "list`), choose the best epoch by validation SRCC+PLCC, test it and write predictions, metrics, report and "
+        "plot to the output directory.",
     )
     parser.add_argument("-c", "--config", required=True,
                         help="experiment: a YAML file, or a packaged config name such as ma_agiqa/agiqa3k "

@@ -273,7 +273,8 @@ def ensure_features(config: DataSection, frame: pd.DataFrame) -> None:
 
     features = config.features
     if not features.cache:
-        raise DatasetValidationError("this model needs semantic features: set data.features.cache (a feature cache dir)")
+        raise DatasetValidationError("this model needs semantic features: "
+                                     "set data.features.cache (a feature cache dir)")
     try:
         read_features(config, frame)
         return

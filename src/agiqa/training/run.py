@@ -36,9 +36,9 @@ def default_cache_dir() -> str:
 
 def build_module(config: TrainConfig) -> IQAModule:
     optim = config.optim
-    return IQAModule(model=config.model.name, model_kwargs=dict(config.model.kwargs), pretrained=config.model.pretrained,
-                     lr=optim.lr, weight_decay=optim.weight_decay, t_max=optim.t_max, eta_min=optim.eta_min,
-                     loss=optim.loss)
+    return IQAModule(model=config.model.name, model_kwargs=dict(config.model.kwargs),
+                     pretrained=config.model.pretrained, lr=optim.lr, weight_decay=optim.weight_decay,
+                     t_max=optim.t_max, eta_min=optim.eta_min, loss=optim.loss)
 
 
 def with_image_cache(data: DataSection) -> DataSection:
