@@ -112,8 +112,11 @@ class PartialScores:
         whole = data[: data.rfind(b"\n") + 1]
         if whole != data:  # a line cut short by a kill: dropped (its image is scored again)
             self.path.write_bytes(whole)
-        rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))[1:]
-        return {path: (float(score) if score else math.nan, error or None) for path, score, error in rows}
+        try:
+            rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))[1:]
+            return {path: (float(score) if score else math.nan, error or None) for path, score, error in rows}
+        except ValueError as err:  # edited by hand or damaged otherwise
+            raise AgiqaError(f"{self.path} is damaged ({err}); delete it to start again") from err
 
     def append(self, rows: dict[str, tuple[float, str | None]]) -> None:
         new = not self.path.is_file()
