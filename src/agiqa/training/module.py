@@ -109,10 +109,11 @@ class IQAModule(L.LightningModule):
 
 
 def rng_states() -> dict:
-    """Python, numpy and torch RNG states as tensors and plain values (loadable with weights_only=True)."""
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain values (loadable with weights_only=True)."""
     _, keys, position, has_gauss, cached = np.random.get_state()
     return {"python": random.getstate(), "numpy": (torch.from_numpy(keys.copy()), position, has_gauss, cached),
-            "torch": torch.get_rng_state()}
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_states(states: dict) -> None:
@@ -121,3 +122,6 @@ def set_rng_states(states: dict) -> None:
     keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state(("MT19937", keys.numpy(), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
