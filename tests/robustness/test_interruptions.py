@@ -97,13 +97,16 @@ def test_ctrl_c_in_agiqa_score_keeps_whole_rows_and_the_rerun_finishes_the_same(
     command = _agiqa("score", str(tmp_path / "model"), str(tmp_path / "images"), "--device", "cpu",
                      "--batch-size", "1", "--out", str(tmp_path / "scores.csv"))
     partial = tmp_path / "scores.csv.partial.csv"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell without job control starts background jobs (such as a CI
+    # script run with `&`) with SIGINT ignored, and Python keeps an inherited SIG_IGN.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while (not partial.is_file() or partial.stat().st_size < 1000) and process.poll() is None:
         time.sleep(0.02)
     assert process.poll() is None, "scoring ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     kept = pd.read_csv(partial)
     assert 0 < len(kept) < 401 and kept["path"].is_unique and not (tmp_path / "scores.csv").exists()
 
