@@ -144,7 +144,7 @@ def test_reproduce_table_says_moe_agiqa_has_no_published_numbers():
 def test_tiny_moe_agiqa_learns_synthetic_quality(tmp_path):
     """The packaged `moe_agiqa/synth_tiny` experiment as a user runs it: the whole tiny architecture (degradation and
     prior ViTs, BLIP text encoder on the prompt image, cross-attention, top-3 of 4 experts) from scratch on 6,000
-    synthetic images, ~5 min on 2 cores. No prompt mismatches here: every quality loss is in the pixels."""
+    synthetic images, ~5 min on 2 cores (16 epochs). No prompt mismatches here: every quality loss is in the pixels."""
     data = tmp_path / "synth"
     assert main(["synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0"]) == 0
     assert main(["train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}",
