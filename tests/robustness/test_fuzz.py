@@ -93,17 +93,26 @@ def label_files(draw) -> bytes:
     return data
 
 
+def _load_or_clear_error(data: bytes, file_name: str, load):
+    """`load(path)` of `data` written as `file_name` in a fresh folder; None when it fails with an `AgiqaError`,
+    which must name the file (any other exception fails the test)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / file_name
+        path.write_bytes(data)
+        try:
+            return load(path)
+        except AgiqaError as err:
+            assert file_name in str(err)
+            return None
+
+
 @fuzz
 @given(label_files())
 def test_label_csvs_load_or_fail_with_a_clear_error(data):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "labels.csv"
-        path.write_bytes(data)
-        try:
-            frame = load_dataset("csv", None, csv=str(path), prompt_col=None, check_files=False)
-        except AgiqaError as err:
-            assert "labels.csv" in str(err)
-            return
+    frame = _load_or_clear_error(data, "labels.csv", lambda path: load_dataset(
+        "csv", None, csv=str(path), prompt_col=None, check_files=False))
+    if frame is None:
+        return
     assert frame["mos"].map(math.isfinite).all() and frame["name"].is_unique
     assert (frame["name"].str.strip() != "").all()
 
@@ -130,14 +139,9 @@ def split_files(draw) -> bytes:
 @fuzz
 @given(split_files())
 def test_split_files_load_or_fail_with_a_clear_error(data):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "split.json"
-        path.write_bytes(data)
-        try:
-            split = Split.from_json(path)
-        except AgiqaError as err:
-            assert "split.json" in str(err)
-            return
+    split = _load_or_clear_error(data, "split.json", Split.from_json)
+    if split is None:
+        return
     assert not set(split.train) & set(split.test)
 
 
