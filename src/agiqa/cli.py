@@ -49,7 +49,8 @@ def quiet_lightning(verbose: bool) -> None:
 
 
 # Optional dependencies and the extra that installs them, for a one-line hint instead of an ImportError.
-OPTIONAL_MODULES = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "python_multipart": "serve"}
+OPTIONAL_MODULES = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "python_multipart": "serve",
+                    "ray": "ray"}
 # Mistakes a user fixes (a wrong path, a missing file): one line, exit code 2; anything else is a bug and shows
 # its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -12,7 +12,8 @@ from PIL import Image
 from agiqa.cli import main
 from agiqa.data.images import decode_image
 from agiqa.models import create_model
-from agiqa.scoring.scorer import Scorer, find_images
+from agiqa.scoring.scorer import Scorer
+from agiqa.scoring.sources import find_images
 from tests.robustness._files import truncated_png, write_image_kinds
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from agiqa.cli import main
 from agiqa.models import create_model
-from agiqa.scoring.scorer import Scorer, find_images
+from agiqa.scoring.scorer import Scorer
+from agiqa.scoring.sources import find_images
 
 
 @pytest.fixture()
@@ -87,7 +88,7 @@ def test_cli_score_compiled_gives_the_eager_scores(image_folder, model_dir, tmp_
     assert main(args + ["--compile", "--out", str(tmp_path / "compiled.csv")]) == 1
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > compiled_before
     eager, compiled = pd.read_csv(tmp_path / "eager.csv"), pd.read_csv(tmp_path / "compiled.csv")
-    assert list(compiled["path"]) == list(eager["path"])
+    assert list(compiled["image"]) == list(eager["image"])
     # bf16: inductor fuses and orders the rounding differently; one bf16 step is 2**-8 ~ 4e-3 relative.
     np.testing.assert_allclose(compiled["score"], eager["score"], rtol=1e-4 if precision == "fp32" else 2e-2, atol=1e-6)
 

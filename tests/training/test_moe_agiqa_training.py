@@ -80,7 +80,7 @@ def test_train_evaluate_and_score_moe_agiqa_like_a_user(synth_root, tmp_path, ca
                  "--precision", "fp32"])
     scores = pd.read_csv(out_csv)
     assert code == 1 and scores["score"].notna().sum() == 6 and len(scores) == 7  # the broken file is reported
-    by_name = dict(zip(scores["path"].map(lambda p: p.split("/")[-1]), scores["score"]))
+    by_name = dict(zip(scores["image"].map(lambda p: p.split("/")[-1]), scores["score"]))
     # One image, one score: `agiqa score`, `agiqa evaluate` and the Python API take the same seeded test crops.
     model = create_model("moe_agiqa", pretrained=str(run / "model"))
     images = [Image.open(folder / n).convert("RGB") for n in frame["name"]]

@@ -1,34 +1,40 @@
-"""`agiqa score`: folders / files (+ prompts) → one CSV row per image, best-of-N per prompt, failures reported."""
+"""`agiqa score`: files, folders, lists, shards (+ prompts) → one row per input, streamed to resumable shards;
+best-of-N per prompt; failures reported, never fatal."""
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from agiqa.data.images import DEFAULT_MAX_PIXELS
 from agiqa.errors import AgiqaError
+from agiqa.scoring.shards import FORMATS, ShardStore
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "score", help="score image files or folders with a trained model (CSV out, best-of-N per prompt)",
+        "score", help="score images, folders, lists or WebDataset shards with a trained model (streaming, resumable)",
         description="Score images with a model directory (a training run's model/ folder or save_pretrained output) "
-        "or a registered model name with weights. Writes one row per image (path, prompt, score, rank, best, error); "
-        "unreadable images keep their row (empty score, the reason in `error`), are listed at the end and make "
-        "the exit code 1.",
+        "or a registered model name with weights. Inputs stream through data-loader workers in blocks; each block is "
+        "written as a shard when done, so a killed run resumes where it stopped. One row per input (image, prompt, "
+        "score, error); unreadable inputs keep their row with the reason in `error` and make the exit code 1. "
+        "Several processes: torchrun --nproc_per_node N -m agiqa score ...; a Ray cluster: --engine ray.",
     )
     parser.add_argument("model", help="model directory, or a registered name such as maniqa.koniq10k")
-    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively), lists (.csv/.tsv/"
+                        ".parquet with an `image` and optional `prompt` column; relative paths are relative to the "
+                        "list) and WebDataset shards (.tar; prompt from a .txt or .json sidecar)")
     parser.add_argument("--weights", help="weights file for a registered model name (official .pt or .safetensors)")
-    parser.add_argument("--prompts", help="CSV with columns image,prompt (image = file name or path); enables "
-                        "best-of-N ranking among images of the same prompt")
+    parser.add_argument("--prompts", help="CSV with columns image,prompt (image = file name or path) for files and "
+                        "folders")
+    parser.add_argument("--prompt", help="one prompt for every input that has none of its own")
     parser.add_argument("--encoder", help="VLM id or directory for MA-AGIQA's semantic features")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
+                        help="data-loader processes decoding and preprocessing images (0: in the main process; "
+                        "default: min(4, CPUs - 1))")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true",
@@ -37,127 +43,165 @@ def register(subparsers) -> None:
                         help="torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse (report) images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--out", help="CSV to write (default: print to stdout)")
+    parser.add_argument("--out", help="a folder (shards + manifest, for large runs) or a file ending in .csv, "
+                        ".parquet or .jsonl (one table with rank/best columns); default: CSV on stdout")
+    parser.add_argument("--format", default="parquet", choices=FORMATS, help="shard format of a folder --out")
+    parser.add_argument("--block-size", type=int, default=1024,
+                        help="inputs per block = per shard, the unit of resuming and of sharing work (default 1024)")
+    parser.add_argument("--group-by", default="prompt", help="column whose groups rank/best (and --top-k) compare "
+                        "images within (default: prompt)")
+    parser.add_argument("--top-k", type=int, help="also write the K best images of every --group-by value, "
+                        "computed from the shards (folder --out: top<K>_by_<column>.<format>)")
+    parser.add_argument("--engine", default="local", choices=("local", "ray"),
+                        help="local: this process (or each torchrun rank); ray: Ray Data model actors ([ray] extra)")
+    parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, or a local instance)")
+    parser.add_argument("--actors", type=int, default=1, help="Ray model actors (--engine ray)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (0: CPU actors)")
+    parser.add_argument("--log-every", type=float, default=30.0,
+                        help="seconds between progress lines when stderr is not a terminal")
     parser.set_defaults(func=_score)
 
 
 def _score(args) -> int:
-    import pandas as pd
+    import tempfile
 
-    from agiqa.scoring.scorer import Scorer, find_images
-
-    files = [str(f) for f in find_images(args.paths)]
-    if not files:
-        print("error: no image files found in " + " ".join(args.paths), file=sys.stderr)
-        return 2
-    prompts = _read_prompts(args.prompts, files) if args.prompts else [""] * len(files)
-    scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, precision=args.precision,
-                    batch_size=args.batch_size, encoder=args.encoder, trust_remote_code=args.trust_remote_code,
-                    compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
-                    max_pixels=args.max_pixels)
-    progress = PartialScores(args.out, _setup(args)) if args.out else None
-    done = progress.read() if progress else {}
-    todo = [i for i, path in enumerate(files) if path not in done]
-    if done:
-        print(f"resuming {progress.path}: {len(files) - len(todo)} of {len(files)} images already scored",
-              file=sys.stderr)
-    for part in scorer.iter_scores([files[i] for i in todo], [prompts[i] for i in todo] if args.prompts else None,
-                                   names=[files[i] for i in todo]):
-        rows = {name: (score, error) for name, score, error in zip(part.names, part.scores, part.errors)}
-        done.update(rows)
-        if progress:
-            progress.append(rows)  # kept when interrupted: the next run with the same --out continues
-    table = pd.DataFrame({"path": files, "prompt": prompts, "score": [done[path][0] for path in files]})
-    errors = [done[path][1] for path in files]
-    table = rank_within_prompt(table, lower_better=scorer.lower_better).assign(error=errors)
-    failures = [(path, error) for path, error in zip(files, errors) if error]
+    if args.out and Path(args.out).suffix.lower() in TABLE_SUFFIXES:
+        return _run(args, ShardStore(f"{args.out}.parts", "parquet"), table=Path(args.out))
     if args.out:
-        table.to_csv(args.out, index=False)
-        progress.remove()
-        print(f"wrote {len(table)} rows to {args.out}: {len(files) - len(failures)} scored, {len(failures)} failed")
+        return _run(args, ShardStore(args.out, args.format))
+    with tempfile.TemporaryDirectory(prefix="agiqa-score-") as folder:
+        return _run(args, ShardStore(Path(folder) / "parts", "parquet"), table=None)
+
+
+def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
+    """Score into `store`; then write `table` (a file, None = stdout) from it, or leave the shard folder."""
+    from agiqa.scoring import distributed
+    from agiqa.scoring.job import ScoreJob
+    from agiqa.scoring.stream import item_source
+
+    prompts = _read_prompts(args.prompts) if args.prompts else None
+    items = item_source(args.paths, prompts, args.prompt)
+    job = ScoreJob(items, store, _setup(args), args.block_size, args.log_every)
+    rank, world, device = distributed.init_from_env(args.device)
+    try:
+        if rank == 0:
+            job.prepare()
+        distributed.barrier()
+        if rank != 0:
+            job.load_plan()
+        if not job.plan:
+            raise AgiqaError("no inputs found in " + " ".join(args.paths))
+        if rank == 0 and len(job.todo) < len(job.plan):
+            print(f"resuming {store.folder}: {len(job.plan) - len(job.todo)} of {len(job.plan)} blocks already "
+                  "scored", file=sys.stderr)
+        scorer = _scorer(args, device) if args.engine == "local" or table is not False or args.top_k else None
+        if args.engine == "ray":
+            from agiqa.scoring.ray_engine import run_on_ray
+
+            run_on_ray(job, args.model, _scorer_kwargs(args), args.actors, args.gpus_per_actor,
+                       args.ray_address or os.environ.get("RAY_ADDRESS"))
+        else:
+            job.run(scorer, args.workers, rank, world)
+        distributed.barrier()
+        if rank != 0:
+            return 0
+        totals = job.finish()
+        return _report(args, job, totals, table, scorer.lower_better if scorer else False)
+    finally:
+        distributed.shutdown()
+
+
+def _report(args, job, totals: dict, table: Path | None | bool, lower_better: bool) -> int:
+    """Final table or top-k file, summary line, failures on stderr; exit code 1 when any input failed."""
+    store = job.store
+    if table is False:  # a shard folder stays; best-of-N is computed from its shards
+        if args.top_k:
+            from agiqa.scoring.shards import top_k
+
+            target = store.folder / f"top{args.top_k}_by_{args.group_by}.{store.format}"
+            write_table(top_k(store, args.group_by, args.top_k, lower_better), target)
+        print(f"{store.folder}: {totals['images']} rows in {totals['blocks']} shard(s), {totals['scored']} scored, "
+              f"{totals['failed']} failed")
     else:
-        print(table.to_csv(index=False), end="")
-    if failures:
-        print(f"{len(failures)} of {len(files)} image(s) could not be scored:", file=sys.stderr)
-        for name, reason in failures:
-            print(f"  {name}: {reason}", file=sys.stderr)
+        frame = rank_within(store.read(), args.group_by, lower_better)
+        best = frame[frame["rank"] <= args.top_k].sort_values([args.group_by, "rank"]) if args.top_k else None
+        if table is None:
+            print((frame if best is None else best).to_csv(index=False), end="")
+        else:
+            write_table(frame, table)
+            if best is not None:
+                write_table(best, table.with_name(f"{table.stem}.top{args.top_k}{table.suffix}"))
+            shutil.rmtree(store.folder)
+            print(f"wrote {len(frame)} rows to {table}: {totals['scored']} scored, {totals['failed']} failed")
+    if totals["failed"]:
+        _list_failures(store if table is False else frame, totals)
         return 1
     return 0
 
 
+def _list_failures(source, totals: dict, limit: int = 20) -> None:
+    print(f"{totals['failed']} of {totals['images']} image(s) could not be scored:", file=sys.stderr)
+    shown = 0
+    frames = [source] if not isinstance(source, ShardStore) else (b.to_pandas() for b in source.batches(
+        ["image", "error"]))
+    for frame in frames:
+        for image, error in frame.loc[frame["error"].notna(), ["image", "error"]].itertuples(index=False):
+            if shown == limit:
+                print(f"  ... and {totals['failed'] - limit} more (see the `error` column)", file=sys.stderr)
+                return
+            print(f"  {image}: {error}", file=sys.stderr)
+            shown += 1
+
+
+def _scorer_kwargs(args) -> dict:
+    return {"pretrained": args.weights or True, "precision": args.precision, "batch_size": args.batch_size,
+            "encoder": args.encoder, "trust_remote_code": args.trust_remote_code,
+            "compile": args.compile or args.compile_mode is not None, "compile_mode": args.compile_mode,
+            "max_pixels": args.max_pixels}
+
+
+def _scorer(args, device: str):
+    from agiqa.scoring.scorer import Scorer
+
+    return Scorer(args.model, device=device, **_scorer_kwargs(args))
+
+
 def _setup(args) -> dict:
-    """What makes scores comparable across runs: a partial file of another setup is never mixed in."""
+    """What makes scores comparable across runs: an output of another setup is never mixed in."""
     return {"model": str(args.model), "weights": args.weights, "encoder": args.encoder, "precision": args.precision,
-            "max_pixels": args.max_pixels, "prompts": args.prompts}
+            "max_pixels": args.max_pixels, "prompts": args.prompts, "prompt": args.prompt,
+            "inputs": [os.path.abspath(p) for p in args.paths]}
 
 
-class PartialScores:
-    """`<out>.partial.csv`: rows (path, score, error) appended after every batch, flushed, so an interrupted
-    `agiqa score --out` (Ctrl-C, a kill, a crash) resumes where it stopped; removed once `<out>` is written.
-    `<out>.partial.json` records the setup; a different setup refuses to resume."""
-
-    def __init__(self, out: str, setup: dict):
-        self.path = Path(f"{out}.partial.csv")
-        self.setup_path = Path(f"{out}.partial.json")
-        self.setup = setup
-
-    def read(self) -> dict[str, tuple[float, str | None]]:
-        if not self.path.is_file():
-            return {}
-        saved = json.loads(self.setup_path.read_text()) if self.setup_path.is_file() else None
-        if saved != self.setup:
-            raise AgiqaError(f"{self.path} holds scores of another setup ({saved}); delete it to start again, or "
-                             "use another --out")
-        data = self.path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if whole != data:  # a line cut short by a kill: dropped (its image is scored again)
-            self.path.write_bytes(whole)
-        try:
-            rows = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))[1:]
-            return {path: (float(score) if score else math.nan, error or None) for path, score, error in rows}
-        except ValueError as err:  # edited by hand or damaged otherwise
-            raise AgiqaError(f"{self.path} is damaged ({err}); delete it to start again") from err
-
-    def append(self, rows: dict[str, tuple[float, str | None]]) -> None:
-        new = not self.path.is_file()
-        if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.setup_path.write_text(json.dumps(self.setup))
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(["path", "score", "error"])
-            writer.writerows([path, "" if math.isnan(score) else repr(float(score)), error or ""]
-                             for path, (score, error) in rows.items())
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.setup_path.unlink(missing_ok=True)
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
 
-def rank_within_prompt(table, lower_better: bool = False):
-    """Add `rank` (1 = best) and `best` among the images of each prompt; failed images get no rank."""
-    ranks = table.groupby("prompt")["score"].rank(ascending=lower_better, method="first")
+def write_table(frame, path: Path) -> None:
+    """A pandas frame as .csv, .parquet or .jsonl, by the suffix of `path`."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def rank_within(table, column: str = "prompt", lower_better: bool = False):
+    """Add `rank` (1 = best) and `best` among the images sharing `column`; failed images get no rank."""
+    if column not in table.columns:
+        raise AgiqaError(f"--group-by {column!r}: no such column (columns: {list(table.columns)})")
+    ranks = table.groupby(column, dropna=False)["score"].rank(ascending=lower_better, method="first")
     table = table.assign(rank=ranks.astype("Int64"))
     return table.assign(best=table["rank"] == 1)
 
 
-def _read_prompts(csv_path: str, files: list) -> list[str]:
+def _read_prompts(csv_path: str) -> dict[str, str]:
+    """image (file name or path) -> prompt, from a CSV with columns image,prompt."""
     import pandas as pd
 
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     missing_cols = {"image", "prompt"} - set(frame.columns)
     if missing_cols:
         raise AgiqaError(f"{csv_path}: missing column(s) {sorted(missing_cols)}; found {list(frame.columns)}")
-    by_name = dict(zip(frame["image"], frame["prompt"]))
-    prompts, unmatched = [], []
-    for path in files:
-        prompt = by_name.get(str(path), by_name.get(os.path.basename(path)))
-        if prompt is None:
-            unmatched.append(str(path))
-        prompts.append(prompt or "")
-    if unmatched:
-        raise AgiqaError(f"{csv_path} has no prompt for {len(unmatched)} image(s), e.g. {unmatched[:5]}")
-    return prompts
+    return dict(zip(frame["image"], frame["prompt"]))

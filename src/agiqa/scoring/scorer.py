@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +15,6 @@ from agiqa.data.images import DEFAULT_MAX_PIXELS, decode_image
 from agiqa.errors import AgiqaError, ImageLoadError
 
 _logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
 
 @dataclass
 class ScoreResult:
@@ -31,17 +28,6 @@ class ScoreResult:
     def failures(self) -> list[tuple[str, str]]:
         """(name, reason) of every input that could not be scored."""
         return [(name, error) for name, error in zip(self.names, self.errors) if error is not None]
-
-
-def find_images(paths: list[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, plus every image file under the given folders (sorted, recursive)."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            found.append(path)
-    return found
 
 
 class Scorer:
@@ -69,6 +55,7 @@ class Scorer:
         self.needs_semantic = bool(getattr(self.model.config, "semantic_experts", ()))
         # Models with their own preprocessing (MoE-AGIQA: seeded crops + prompt image + tokens).
         self.processor = self.model.processor() if hasattr(self.model, "processor") else None
+        self.preprocess = self.processor or ResizeNormalize(int(self.model.config.img_size))
         self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
         cfg = getattr(self.model, "pretrained_cfg", None)
         self.score_range = tuple(cfg.score_range) if cfg else None
@@ -78,9 +65,12 @@ class Scorer:
 
     @property
     def needs_prompt(self) -> bool:
-        """True when every image needs its prompt (MoE-AGIQA's semantic branch; MA-AGIQA's prompt placeholders)."""
+        """True when every image needs its prompt (MoE-AGIQA's semantic branch; encoder questions with `{prompt}`)."""
+        from agiqa.semantic.base import prompt_needs_generation_prompt
+
         uses_text = self.processor is not None and bool(getattr(self.model.config, "use_text", False))
-        return uses_text or self.needs_semantic
+        asks_prompt = self.encoder is not None and prompt_needs_generation_prompt(getattr(self.encoder, "prompts", ()))
+        return uses_text or asks_prompt
 
     @property
     def image_size(self) -> int:
@@ -121,26 +111,35 @@ class Scorer:
                 scores[list(offsets)] = self._score_batch(list(pil_images), batch_prompts)
             yield ScoreResult(scores, names[start:stop], errors)
 
-    def _inputs(self, pil_images: list, prompts: list[str] | None) -> dict:
-        """The model's batch: resized + normalised images (and semantic features), or its processor's output."""
-        from agiqa.data.transforms import normalize, resize_image
-
-        if self.processor is not None:
-            if prompts is None and self.model.config.use_text:
-                raise AgiqaError("MoE-AGIQA compares each image with its prompt: pass prompts (CLI: --prompts)")
-            return self.processor(pil_images, prompts)
-        batch = {"image": normalize(torch.stack([resize_image(image, self.image_size) for image in pil_images]))}
-        if self.encoder is not None:
-            batch["semantic"] = self.encoder.encode(pil_images, prompts)
-        return batch
-
-    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
+    def predict(self, inputs: dict, pil_images: Sequence | None = None, prompts: Sequence[str] | None = None
+                ) -> np.ndarray:
+        """Scores of a batch made by `preprocess` (semantic features, where the model fuses them, are computed
+        here from the decoded images and prompts)."""
         from agiqa.models import model_scores
         from agiqa.scoring.inference import inference_context
 
-        batch = {key: value.to(self.device) for key, value in self._inputs(pil_images, prompts).items()}
+        if self.encoder is not None:
+            inputs = {**inputs, "semantic": self.encoder.encode(list(pil_images), prompts)}
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in inputs.items()}
         with inference_context(self.precision, self.device):
             return model_scores(self.model, batch).float().cpu().numpy()
+
+    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
+        if prompts is None and self.processor is not None and self.model.config.use_text:
+            raise AgiqaError("MoE-AGIQA compares each image with its prompt: pass prompts (CLI: --prompts)")
+        return self.predict(self.preprocess(pil_images, prompts), pil_images, prompts)
+
+
+class ResizeNormalize:
+    """The MANIQA / MA-AGIQA input: whole image resized to `size` (bicubic) and normalised, as in training."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, pil_images: Sequence, prompts: Sequence[str] | None = None) -> dict:
+        from agiqa.data.transforms import normalize, resize_image
+
+        return {"image": normalize(torch.stack([resize_image(image, self.size) for image in pil_images]))}
 
 
 def _input_name(item, index: int) -> str:

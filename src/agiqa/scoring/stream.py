@@ -1,0 +1,146 @@
+"""Streaming scoring: inputs cut into numbered blocks, decoded and preprocessed by `DataLoader` workers, scored in
+batches, each block written as one output shard the moment its last batch is scored.
+
+A block is `block_size` consecutive inputs of `agiqa.scoring.sources.iter_items` (the same blocks on every run).
+Block `i` belongs to slot `i % n_slots` (a slot = one data-loader worker of one rank), so ranks and workers never
+share a block, and a re-run skips blocks whose shard exists (`agiqa.scoring.shards.ShardStore`).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from agiqa.data.images import DEFAULT_MAX_PIXELS, decode_image
+from agiqa.errors import AgiqaError, ImageLoadError
+from agiqa.scoring.sources import ScoreItem, TarMember, block_digest, iter_items
+
+NO_PROMPT = "no prompt for this image (the model compares each image with its prompt)"
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block of the run: its number, the digest of its keys and its size."""
+
+    index: int
+    digest: str
+    size: int
+
+
+def blocks(items: Iterable[ScoreItem], block_size: int) -> Iterator[list[ScoreItem]]:
+    """Consecutive lists of `block_size` items (the last may be shorter)."""
+    iterator = iter(items)
+    while block := list(itertools.islice(iterator, block_size)):
+        yield block
+
+
+def plan_blocks(items: Iterable[ScoreItem], block_size: int) -> list[BlockPlan]:
+    """Every block of the run, from one pass over the listing (nothing decoded; memory per block, not per item)."""
+    return [BlockPlan(index, block_digest(block), len(block)) for index, block in enumerate(blocks(items, block_size))]
+
+
+def item_source(paths: list[str], prompts: dict[str, str] | None = None, prompt: str | None = None
+                ) -> Callable[[], Iterator[ScoreItem]]:
+    """A picklable callable that lists the inputs again (each data-loader worker walks them itself)."""
+    return functools.partial(iter_items, list(paths), prompts, prompt)
+
+
+class BlockReader:
+    """Turns one block into decoded, preprocessed batches (dicts, see `batches`); runs in data-loader workers.
+
+    `preprocess(pil_images, prompts) -> dict of tensors` is the model's own preprocessing (`Scorer.preprocess`).
+    Images that cannot be decoded (or lack a prompt the model needs) become errors, never exceptions.
+    """
+
+    def __init__(self, preprocess: Callable, batch_size: int, needs_prompt: bool = False, keep_images: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.preprocess, self.batch_size, self.needs_prompt = preprocess, batch_size, needs_prompt
+        self.keep_images, self.max_pixels = keep_images, max_pixels
+
+    @classmethod
+    def for_scorer(cls, scorer) -> "BlockReader":
+        return cls(scorer.preprocess, scorer.batch_size, needs_prompt=scorer.needs_prompt,
+                   keep_images=scorer.encoder is not None, max_pixels=scorer.max_pixels)
+
+    def batches(self, index: int, digest: str, block: list[ScoreItem]) -> Iterator[dict]:
+        """Per `batch_size` items: keys, prompts, errors, the decodable rows' positions and their model inputs."""
+        n_batches = max(math.ceil(len(block) / self.batch_size), 1)
+        for number in range(n_batches):
+            part = block[number * self.batch_size:(number + 1) * self.batch_size]
+            prompts = [item.read_prompt() if item.error is None else None for item in part]
+            errors, images = [], []
+            for item, prompt in zip(part, prompts):
+                error, image = self.decode(item, prompt)
+                errors.append(error)
+                if image is not None:
+                    images.append(image)
+            good = [i for i, error in enumerate(errors) if error is None]
+            good_prompts = [prompts[i] for i in good] if self.needs_prompt else None
+            yield {"block": index, "digest": digest, "last": number == n_batches - 1,
+                   "keys": [item.key for item in part], "prompts": prompts, "errors": errors, "good": good,
+                   "inputs": self.preprocess(images, good_prompts) if images else None,
+                   "images": images if self.keep_images else None, "good_prompts": good_prompts}
+
+    def decode(self, item: ScoreItem, prompt: str | None):
+        """(error, PIL image): exactly one of the two is None."""
+        if item.error is not None:
+            return item.error, None
+        if self.needs_prompt and not prompt:
+            return NO_PROMPT, None
+        try:
+            source = item.image.read() if isinstance(item.image, TarMember) else item.image
+            return None, decode_image(source, item.key, self.max_pixels)
+        except (ImageLoadError, OSError) as err:
+            return getattr(err, "reason", None) or f"{type(err).__name__}: {err}", None
+
+
+class BlockDataset(IterableDataset):
+    """The batches of the blocks this process owns: `todo` maps block number -> expected digest (others are
+    skipped); block `i` belongs to slot `i % n_slots` of this rank's workers (`slot`, `n_slots`: rank, world)."""
+
+    def __init__(self, items: Callable[[], Iterable[ScoreItem]], todo: dict[int, str], block_size: int,
+                 reader: BlockReader, slot: int = 0, n_slots: int = 1):
+        self.items, self.todo, self.block_size = items, todo, block_size
+        self.reader, self.slot, self.n_slots = reader, slot, n_slots
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        n_slots, slot = self.n_slots * workers, self.slot * workers + worker
+        for index, block in enumerate(blocks(self.items(), self.block_size)):
+            if index % n_slots != slot or index not in self.todo:
+                continue
+            if block_digest(block) != self.todo[index]:
+                raise AgiqaError(f"the inputs changed while scoring (block {index} lists other images than at the "
+                                 "start); score them into a new output")
+            yield from self.reader.batches(index, self.todo[index], block)
+
+
+def loader(dataset: BlockDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """Batches come ready-made from the dataset; workers prefetch a few each while the model runs."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+
+
+def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, str, dict], None],
+                 on_batch: Callable[[int, int], None] = lambda scored, failed: None) -> None:
+    """Score `batches` with `scorer` (`Scorer.predict`), collect each block's rows and hand a finished block to
+    `write_block(index, digest, columns)`; `on_batch(n_scored, n_failed)` reports progress."""
+    pending: dict[int, dict[str, list]] = {}
+    for batch in batches:
+        scores = np.full(len(batch["keys"]), np.nan)
+        if batch["good"]:
+            scores[batch["good"]] = scorer.predict(batch["inputs"], batch["images"], batch["good_prompts"])
+        rows = pending.setdefault(batch["block"], {"image": [], "prompt": [], "score": [], "error": []})
+        rows["image"] += batch["keys"]
+        rows["prompt"] += batch["prompts"]
+        rows["score"] += [None if math.isnan(value) else float(value) for value in scores]
+        rows["error"] += batch["errors"]
+        on_batch(len(batch["good"]), len(batch["keys"]) - len(batch["good"]))
+        if batch["last"]:
+            write_block(batch["block"], batch["digest"], pending.pop(batch["block"]))
