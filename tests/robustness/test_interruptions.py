@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -77,15 +78,22 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(experiment):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= TOLERANCE
 
 
+def _wait_for_shards(folder: Path, process: subprocess.Popen, n: int) -> None:
+    while len(list(folder.glob("part-*"))) < n and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "scoring ended before it could be interrupted"
+
+
 @pytest.mark.slow
-def test_ctrl_c_in_agiqa_score_keeps_whole_rows_and_the_rerun_finishes_the_same(tmp_path):
-    """SIGINT to a real `agiqa score --out` mid-run: exit 130, the partial file holds whole rows only, and the
-    same command again scores only the rest and writes the CSV an uninterrupted run writes."""
+def test_agiqa_score_interrupted_by_ctrl_c_and_kill_9_resumes_to_one_row_per_input(tmp_path):
+    """A real `agiqa score --out DIR`: Ctrl-C mid-run exits 130 without a traceback; the re-run is killed with
+    SIGKILL mid-run; the third run skips the finished shards and ends with exactly one row per input, equal to an
+    uninterrupted run (broken.png: an error row, exit code 1)."""
     import numpy as np
-    import pandas as pd
     from PIL import Image
 
     from agiqa.models import create_model
+    from agiqa.scoring.shards import ShardStore
 
     torch.manual_seed(0)
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
@@ -94,31 +102,38 @@ def test_ctrl_c_in_agiqa_score_keeps_whole_rows_and_the_rerun_finishes_the_same(
     for i in range(400):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i:04d}.png")
     (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "scores"
     command = _agiqa("score", str(tmp_path / "model"), str(tmp_path / "images"), "--device", "cpu",
-                     "--batch-size", "1", "--out", str(tmp_path / "scores.csv"))
-    partial = tmp_path / "scores.csv.partial.csv"
+                     "--batch-size", "1", "--block-size", "8", "--workers", "1", "--out", str(out))
     # SIGINT back to its default in the child: a shell without job control starts background jobs (such as a CI
     # script run with `&`) with SIGINT ignored, and Python keeps an inherited SIG_IGN.
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    while (not partial.is_file() or partial.stat().st_size < 1000) and process.poll() is None:
-        time.sleep(0.02)
-    assert process.poll() is None, "scoring ended before it could be interrupted"
+    _wait_for_shards(out, process, 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
-    kept = pd.read_csv(partial)
-    assert 0 < len(kept) < 401 and kept["path"].is_unique and not (tmp_path / "scores.csv").exists()
+    after_ctrl_c = len(list(out.glob("part-*")))
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_shards(out, process, after_ctrl_c + 2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    after_kill = len(list(out.glob("part-*")))
+    assert after_ctrl_c < after_kill < 51 and not (out / "_SUCCESS.json").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True)
-    assert resumed.returncode == 1  # broken.png
-    assert f"{len(kept)} of 401 images already scored" in resumed.stderr
-    assert not partial.exists()
-    subprocess.run([*command[:-1], str(tmp_path / "whole.csv")], capture_output=True)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "scores.csv"), pd.read_csv(tmp_path / "whole.csv"))
+    assert resumed.returncode == 1 and "broken.png" in resumed.stderr  # reported, not fatal
+    assert f"{after_kill} of 51 blocks already scored" in resumed.stderr
+    assert not list(out.glob(".*.tmp"))
+    subprocess.run([*command[:-1], str(tmp_path / "whole")], capture_output=True)
+    scores, whole = ShardStore(out).read(), ShardStore(tmp_path / "whole").read()
+    assert len(scores) == 401 and scores["image"].is_unique
+    assert scores["error"].notna().sum() == 1
+    pd.testing.assert_frame_equal(scores, whole)
 
 
-def test_a_partial_file_of_another_setup_is_never_mixed_in(tmp_path, capsys):
+def test_an_output_folder_of_another_setup_is_never_mixed_in(tmp_path, capsys):
     from PIL import Image
 
     from agiqa.cli import main
@@ -126,7 +141,12 @@ def test_a_partial_file_of_another_setup_is_never_mixed_in(tmp_path, capsys):
 
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
     Image.new("RGB", (24, 24)).save(tmp_path / "a.png")
-    (tmp_path / "s.csv.partial.csv").write_text("path,score,error\n")
-    (tmp_path / "s.csv.partial.json").write_text(json.dumps({"model": "another"}))
-    assert main(["score", str(tmp_path / "model"), str(tmp_path / "a.png"), "--out", str(tmp_path / "s.csv")]) == 2
+    args = ["score", str(tmp_path / "model"), str(tmp_path / "a.png"), "--out", str(tmp_path / "s.csv")]
+    assert main(args) == 0
+    (tmp_path / "s.csv.parts").mkdir()
+    (tmp_path / "s.csv.parts" / "manifest.json").write_text(json.dumps({"model": "another"}))
+    assert main(args) == 2
     assert "holds scores of another setup" in capsys.readouterr().err
+    assert main(args[:-1] + [str(tmp_path / "other")]) == 0
+    assert main(args[:-1] + [str(tmp_path / "other"), "--precision", "fp32"]) == 2
+    assert "differs in ['precision']" in capsys.readouterr().err

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         description="Score images with a model directory (a training run's model/ folder or save_pretrained output) "
         "or a registered model name with weights. Inputs stream through data-loader workers in blocks; each block is "
         "written as a shard when done, so a killed run resumes where it stopped. One row per input (image, prompt, "
-        "score, error); unreadable inputs keep their row with the reason in `error` and make the exit code 1. "
+        "score, error); unreadable inputs keep their row with the reason in `error` and make the exit code 1 "
+        "(0 under torchrun, which takes a non-zero exit for a crashed rank). "
         "Several processes: torchrun --nproc_per_node N -m agiqa score ...; a Ray cluster: --engine ray.",
     )
     parser.add_argument("model", help="model directory, or a registered name such as maniqa.koniq10k")
@@ -57,6 +58,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, or a local instance)")
     parser.add_argument("--actors", type=int, default=1, help="Ray model actors (--engine ray)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (0: CPU actors)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0,
+                        help="CPUs Ray reserves per actor (each decodes its own blocks; default 1)")
     parser.add_argument("--log-every", type=float, default=30.0,
                         help="seconds between progress lines when stderr is not a terminal")
     parser.set_defaults(func=_score)
@@ -98,7 +101,7 @@ def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
         if args.engine == "ray":
             from agiqa.scoring.ray_engine import run_on_ray
 
-            run_on_ray(job, args.model, _scorer_kwargs(args), args.actors, args.gpus_per_actor,
+            run_on_ray(job, args.model, _scorer_kwargs(args), args.actors, args.gpus_per_actor, args.cpus_per_actor,
                        args.ray_address or os.environ.get("RAY_ADDRESS"))
         else:
             job.run(scorer, args.workers, rank, world)
@@ -106,7 +109,9 @@ def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
         if rank != 0:
             return 0
         totals = job.finish()
-        return _report(args, job, totals, table, scorer.lower_better if scorer else False)
+        code = _report(args, job, totals, table, scorer.lower_better if scorer else False)
+        # torchrun reads a rank's non-zero exit as a crash (and may restart the job); failed inputs are rows.
+        return 0 if world > 1 else code
     finally:
         distributed.shutdown()
 

@@ -42,7 +42,7 @@ class BlockScorer:
 
 
 def run_on_ray(job: ScoreJob, model, scorer_kwargs: dict, actors: int = 1, gpus_per_actor: float = 0.0,
-               address: str | None = None) -> None:
+               cpus_per_actor: float = 1.0, address: str | None = None) -> None:
     """Score `job`'s unfinished blocks (after `job.prepare()`) on `actors` Ray actors; `address`: an existing
     cluster ("auto", "ray://head:10001"), None starts or joins a local instance."""
     import ray
@@ -52,12 +52,14 @@ def run_on_ray(job: ScoreJob, model, scorer_kwargs: dict, actors: int = 1, gpus_
             for index, block in enumerate(blocks(job.items(), job.block_size)) if index in job.todo]
     if not rows:
         return
-    dataset = ray.data.from_items(rows).repartition(len(rows))
+    # One Ray block per scoring block: no shuffle stage, so the actors may take every CPU of a small machine.
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     kwargs = {**scorer_kwargs, "device": "cuda" if gpus_per_actor > 0 else "cpu"}
     scored = dataset.map_batches(
         BlockScorer, fn_constructor_kwargs={"model": model, "scorer_kwargs": kwargs,
                                             "folder": str(job.store.folder), "fmt": job.store.format},
-        batch_size=1, concurrency=actors, num_gpus=gpus_per_actor, num_cpus=1)
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
+        num_cpus=cpus_per_actor)
     progress = job.progress("ray")
     try:
         for row in scored.iter_rows():

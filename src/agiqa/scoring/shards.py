@@ -146,7 +146,7 @@ def read_shard(path: Path, columns: list[str] | None = None):
 
 def top_k(store: ShardStore, group_by: str, k: int, lower_better: bool = False):
     """The `k` best-scored rows of every `group_by` value, from the shards, one batch at a time (memory: k rows per
-    group). Returns a pandas frame sorted by group, then rank."""
+    group). Returns a pandas frame sorted by group (rows without a group last), then rank."""
     import pandas as pd
 
     best: dict[str, list] = {}
@@ -164,7 +164,7 @@ def top_k(store: ShardStore, group_by: str, k: int, lower_better: bool = False):
             elif entry > heap[0]:
                 heapq.heapreplace(heap, entry)
     rows = [{group_by: group, "rank": rank, "image": image, "score": score}
-            for group, heap in sorted(best.items(), key=lambda item: str(item[0]))
+            for group, heap in sorted(best.items(), key=lambda item: (item[0] is None, str(item[0])))
             for rank, (_, _, image, score) in enumerate(sorted(heap, reverse=True), start=1)]
     return pd.DataFrame(rows, columns=[group_by, "rank", "image", "score"])
 

@@ -42,7 +42,10 @@ class TarMember:
     def read(self) -> bytes:
         with open(self.tar, "rb") as handle:
             handle.seek(self.offset)
-            return handle.read(self.size)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"truncated in {self.tar}: {len(data)} of {self.size} bytes")
+        return data
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,22 @@ def _tar_members(path: str) -> tuple[list[tuple[str, TarMember]], str | None]:
             for info in tar:
                 if info.isreg():
                     members.append((info.name, TarMember(path, info.offset_data, info.size)))
+            end = tar.offset
     except (OSError, tarfile.TarError) as err:
         return members, f"shard unreadable after {len(members)} file(s) ({type(err).__name__}: {err})"
+    if _has_data_after(path, end):  # tarfile stops quietly at a cut-off header
+        return members, f"shard unreadable after {len(members)} file(s) (a damaged header at byte {end})"
     return members, None
+
+
+def _has_data_after(path: str, offset: int) -> bool:
+    """True when anything but the zero blocks that end a tar follows `offset`."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(1 << 20):
+            if chunk.strip(b"\0"):
+                return True
+    return False
 
 
 def block_digest(items: list[ScoreItem]) -> str:
