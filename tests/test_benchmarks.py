@@ -57,3 +57,15 @@ def test_maniqa_stages_chain_to_the_model_output_and_print_a_row_each(monkeypatc
     errors = [float(r[5]) for r in rows]
     assert all(0 < e < 5e-2 for e in errors), errors  # bf16 differs from fp32, but not by much
     assert "whole forward" in out
+
+
+def test_bench_score_prints_end_to_end_against_model_only_and_peak_rss(tmp_path, capsys):
+    rows = load_script("bench_score").main(["--out", str(tmp_path), "--models", "tiny", "--images", "6", "--size",
+                                            "96", "--workers", "0", "1", "--rss", "10", "30"])
+    assert [(r["path"], r["images"]) for r in rows] == [("model only", 6), ("workers 0", 6), ("workers 1", 6),
+                                                        ("peak RSS", 10), ("peak RSS", 30)]
+    assert all(r["rate"] > 0 and r["ratio"] > 0 for r in rows[:3]) and all(r["rss_mb"] > 50 for r in rows[3:])
+    out = capsys.readouterr().out
+    assert "tiny     workers 1" in out and "peak RSS scoring 30 images" in out
+    shards = list(tmp_path.glob("*/part-*.parquet"))
+    assert len(shards) == 2  # one per end-to-end run: the job really wrote its output

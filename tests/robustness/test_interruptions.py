@@ -144,7 +144,7 @@ def test_an_output_folder_of_another_setup_is_never_mixed_in(tmp_path, capsys):
     args = ["score", str(tmp_path / "model"), str(tmp_path / "a.png"), "--out", str(tmp_path / "s.csv")]
     assert main(args) == 0
     (tmp_path / "s.csv.parts").mkdir()
-    (tmp_path / "s.csv.parts" / "manifest.json").write_text(json.dumps({"model": "another"}))
+    (tmp_path / "s.csv.parts" / "_manifest.json").write_text(json.dumps({"model": "another"}))
     assert main(args) == 2
     assert "holds scores of another setup" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "other")]) == 0

@@ -131,6 +131,7 @@ def test_every_kind_of_input_scores_like_scorer_score_with_error_rows_for_the_ba
     assert _score(root, paths, tmp_path / "out", "--workers", "0") == 1
     err = capsys.readouterr().err
     rows = ShardStore(tmp_path / "out").read()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out"), rows)  # the folder reads as one table
     assert len(rows) == len(reference) + len(BAD) and rows["image"].is_unique
     assert list(rows["image"]) == [item.key for item in iter_items(paths)]  # input order, across shards
     failed = rows[rows["score"].isna()]
@@ -160,7 +161,7 @@ def test_top_k_from_the_shards_matches_pandas_and_a_table_output_ranks(inputs, t
     root, paths, _ = inputs
     assert _score(root, paths, tmp_path / "out", "--top-k", "2") == 1
     rows = ShardStore(tmp_path / "out").read().dropna(subset=["score"])
-    best = pd.read_parquet(tmp_path / "out" / "top2_by_prompt.parquet")
+    best = pd.read_parquet(tmp_path / "out.top2_by_prompt.parquet")
     expected = (rows.sort_values("score", ascending=False, kind="stable").groupby("prompt", dropna=False).head(2)
                 .sort_values(["prompt", "score"], ascending=[True, False]))
     assert list(best["image"]) == list(expected["image"])

@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--group-by", default="prompt", help="column whose groups rank/best (and --top-k) compare "
                         "images within (default: prompt)")
     parser.add_argument("--top-k", type=int, help="also write the K best images of every --group-by value, "
-                        "computed from the shards (folder --out: top<K>_by_<column>.<format>)")
+                        "computed from the shards (folder --out DIR: DIR.top<K>_by_<column>.<format> beside it)")
     parser.add_argument("--engine", default="local", choices=("local", "ray"),
                         help="local: this process (or each torchrun rank); ray: Ray Data model actors ([ray] extra)")
     parser.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, or a local instance)")
@@ -123,7 +123,7 @@ def _report(args, job, totals: dict, table: Path | None | bool, lower_better: bo
         if args.top_k:
             from agiqa.scoring.shards import top_k
 
-            target = store.folder / f"top{args.top_k}_by_{args.group_by}.{store.format}"
+            target = store.folder.with_name(f"{store.folder.name}.top{args.top_k}_by_{args.group_by}.{store.format}")
             write_table(top_k(store, args.group_by, args.top_k, lower_better), target)
         print(f"{store.folder}: {totals['images']} rows in {totals['blocks']} shard(s), {totals['scored']} scored, "
               f"{totals['failed']} failed")

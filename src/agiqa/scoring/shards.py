@@ -1,11 +1,12 @@
 """Scores on disk as they are made: one shard per block, written atomically, so a killed run resumes exactly.
 
-An output folder holds `manifest.json` (the setup: model, weights, precision, ... and the block size), one
+An output folder holds `_manifest.json` (the setup: model, weights, precision, ... and the block size), one
 `part-<block>-<digest>.<format>` per finished block (digest = first 12 hex digits of the block's key digest), and
 `_SUCCESS.json` (totals) once every block is there. A shard is written to a temporary name and renamed, so it is
 either whole or absent: a re-run skips the blocks that have a shard, writes the others, and ends with exactly one
 row per input. A shard of the same block with another digest means the inputs changed: refused, never mixed.
-Formats: parquet (default, pyarrow), csv, jsonl.
+Formats: parquet (default, pyarrow), csv, jsonl. Readers that skip `_`-files (pyarrow, pandas, Spark, DuckDB) read
+the folder of Parquet shards as one table.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class ShardStore:
 
     @property
     def manifest_path(self) -> Path:
-        return self.folder / "manifest.json"
+        return self.folder / "_manifest.json"
 
     def start(self, setup: dict) -> None:
         """Create the folder or check that it holds a run of the same `setup`; drop temporaries of killed runs."""
