@@ -186,3 +186,20 @@ def test_save_pretrained_round_trip_is_exact(tmp_path):
     assert again.config == model.config
     x, semantic = tiny_inputs()
     assert torch.equal(again(x, semantic), model(x, semantic))
+
+
+def test_explain_gives_the_forward_score_gates_and_each_experts_own_score():
+    torch.manual_seed(0)
+    model = create_model("test_ma_agiqa").eval()
+    image, semantic = tiny_inputs()
+    with torch.no_grad():
+        parts = model.explain(image, semantic)
+        torch.testing.assert_close(parts["score"], model(image, semantic))
+    assert model.expert_names == ["semantic0", "semantic1", "maniqa"] and parts["gate"].shape == (3, 3)
+    bias = model.output_fc.bias
+    recombined = (parts["gate"] * (parts["expert_score"] - bias)).sum(dim=1) + bias
+    torch.testing.assert_close(recombined, parts["score"])
+    concat = create_model("test_ma_agiqa", fusion="concat")
+    assert concat.expert_names == []
+    with pytest.raises(ValueError, match="no gates"):
+        concat.explain(image, semantic)

@@ -347,3 +347,18 @@ def test_text_ablation_has_no_semantic_branch():
 @pytest.mark.parametrize("shapes", [reward_shapes, regressor_shapes, vit_shapes])
 def test_documented_layouts_are_internally_consistent(shapes):
     assert all(all(d > 0 for d in shape) for shape in shapes(TINY).values())
+
+
+def test_explain_gives_the_forward_score_with_top_k_gates_and_expert_scores():
+    model = tiny()
+    inputs = tiny_inputs(batch=3, crops=1)
+    with torch.no_grad():
+        parts = model.explain(**inputs)
+        torch.testing.assert_close(parts["score"], model(**inputs))
+    gate, experts = parts["gate"], parts["expert_score"]
+    assert model.expert_names == ["expert0", "expert1", "expert2", "expert3"] and gate.shape == experts.shape == (3, 4)
+    assert ((gate > 0).sum(dim=1) == 3).all()  # one crop: exactly the top 3 experts carry weight
+    torch.testing.assert_close((gate * experts).sum(dim=1), parts["score"])
+    with torch.no_grad():  # several crops: gates and expert scores are averaged over crops as the score is
+        several = model.explain(**tiny_inputs(batch=3, crops=4))
+        torch.testing.assert_close(several["score"], model(**tiny_inputs(batch=3, crops=4)))

@@ -219,6 +219,13 @@ def test_a_prompt_model_reads_prompts_from_lists_and_sidecars(tmp_path):
     assert code == 1 and rows["error"].iloc[3].startswith("no prompt")  # k3 has no sidecar and no --prompt
     expected = Scorer(tmp_path / "moe", device="cpu", precision="fp32").score(files[:3], prompts[:3]).scores
     np.testing.assert_allclose(rows["score"].iloc[:3], expected, rtol=1e-5, atol=1e-6)
+    # the mixture's gate weights and per-expert scores, from the same forward (averaged over the test crops)
+    experts = [f"expert{i}" for i in range(4)]
+    assert list(rows.columns) == ["image", "prompt", "score", *[f"{kind}_{name}" for name in experts
+                                                                 for kind in ("gate", "expert")], "error", "rank",
+                                  "best"]
+    gates = rows[[f"gate_{name}" for name in experts]].iloc[:3].to_numpy()
+    assert (gates >= 0).all() and (gates.sum(axis=1) <= 1 + 1e-6).all() and rows.iloc[3, 3:11].isna().all()
 
 
 def _two_ranks(root, paths, out) -> subprocess.CompletedProcess:

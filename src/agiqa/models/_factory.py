@@ -65,5 +65,18 @@ def saved_architecture(model_dir: str | os.PathLike) -> str:
 
 def model_scores(model: nn.Module, batch: dict):
     """Scores (B,) of any registered model from a batch dict holding its `input_names` (missing inputs are None)."""
-    names = getattr(model, "input_names", ("image",))
-    return model(*[batch.get(name) for name in names])
+    return model(*_model_inputs(model, batch))
+
+
+def expert_names(model: nn.Module) -> list[str]:
+    """The model's mixture-of-experts experts (gate order), or [] when it has none to explain."""
+    return list(getattr(model, "expert_names", []))
+
+
+def model_explanation(model: nn.Module, batch: dict) -> dict:
+    """`score` (B,), `gate` and `expert_score` (B, E; E = `expert_names(model)`) of a model with experts."""
+    return model.explain(*_model_inputs(model, batch))
+
+
+def _model_inputs(model: nn.Module, batch: dict) -> list:
+    return [batch.get(name) for name in getattr(model, "input_names", ("image",))]

@@ -158,6 +158,23 @@ class AfmLayers:
                 return experts.flatten(1)
             return torch.bmm(self.gates(experts).unsqueeze(1), experts).squeeze(1)
 
+    @property
+    def expert_names(self) -> list[str]:
+        """AFM experts in gate order (`semantic<prompt>`..., `maniqa`); none for concatenation fusion (no gates)."""
+        if self.config.fusion != "moe":
+            return []
+        return [f"semantic{i}" for i in self.config.semantic_experts] + ["maniqa"] * int(self.config.use_maniqa)
+
+    def explain_fusion(self, visual: torch.Tensor | None, semantic: torch.Tensor | None = None) -> dict:
+        """The score (B,) with the gate weights (B, E) and each expert's own score (B, E): the head applied to that
+        expert alone, so that score = sum_e gate_e * (expert_e - bias) + bias."""
+        with full_precision(visual if visual is not None else semantic):
+            experts = self.experts(visual, semantic)
+            gates = self.gates(experts)
+            fused = torch.bmm(gates.unsqueeze(1), experts).squeeze(1)
+            return {"score": self.output_fc(fused).squeeze(-1), "gate": gates,
+                    "expert_score": self.output_fc(experts).squeeze(-1)}
+
     def regress(self, fused: torch.Tensor) -> torch.Tensor:
         """Scores (B,) from `fuse`'s output, in fp32 under autocast too."""
         head = self.concat_head if self.config.fusion == "concat" else self.output_fc
@@ -209,6 +226,12 @@ class MaAgiqa(AfmLayers, Maniqa):
 
     def forward(self, x: torch.Tensor | None, semantic: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, semantic))
+
+    def explain(self, x: torch.Tensor | None, semantic: torch.Tensor | None = None) -> dict:
+        """`forward`'s score with the AFM's gate weights and per-expert scores (see `explain_fusion`)."""
+        if not self.expert_names:
+            raise ValueError("concatenation fusion has no gates to explain")
+        return self.explain_fusion(Maniqa.forward_features(self, x) if self.config.use_maniqa else None, semantic)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: MaAgiqa) -> dict:

@@ -335,6 +335,14 @@ class MoeAgiqaRegressor(nn.Module):
     def forward(self, degradation, text=None, prior=None) -> torch.Tensor:
         return self.forward_head(self.forward_features(degradation, text, prior))
 
+    def explain_head(self, pooled: torch.Tensor) -> dict:
+        """`forward_head`'s score (N,) with the gate weight of every expert (N, E; 0 where not among the top k) and
+        every expert's own score (N, E): score = sum_e gate_e * expert_e."""
+        weights, index = self.gates(pooled)
+        experts = torch.stack([expert(pooled) for expert in self.proj_experts], dim=1)
+        gate = torch.zeros_like(experts).scatter(1, index, weights)
+        return {"score": (weights * experts.gather(1, index)).sum(dim=1), "gate": gate, "expert_score": experts}
+
 
 def switch_balance_loss(probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Load-balancing loss of Switch Transformers: ``E * sum_e(share of top-k slots to e * mean gate prob of e)``;
@@ -484,6 +492,21 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
     def forward(self, crops: torch.Tensor, prompt_image: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(crops, prompt_image, input_ids, attention_mask))
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [f"expert{i}" for i in range(self.config.num_experts)]
+
+    def explain(self, crops: torch.Tensor, prompt_image: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> dict:
+        """`forward`'s score (B,) with the mixture's gate weights and per-expert scores (B, E), each averaged over
+        the crops as the score is (expert scores times `label_scale`, on the score's scale)."""
+        features = self.forward_features(crops, prompt_image, input_ids, attention_mask)
+        with full_precision(features):
+            parts = self.regressor.explain_head(features.float().flatten(0, 1))
+        parts = {name: value.unflatten(0, features.shape[:2]).mean(dim=1) for name, value in parts.items()}
+        scale = self.config.label_scale
+        return {"score": parts["score"] * scale, "gate": parts["gate"], "expert_score": parts["expert_score"] * scale}
 
     def _check_crops(self, crops: torch.Tensor) -> None:
         size = self.config.img_size

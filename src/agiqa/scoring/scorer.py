@@ -47,7 +47,11 @@ class Scorer:
                  compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         from agiqa.scoring.inference import prepare_model
 
+        from agiqa.models._factory import expert_names
+
         self.model = prepare_model(_build(model, pretrained), device, compile=compile, compile_mode=compile_mode)
+        # Gate weights and per-expert scores come from the eager model; a compiled forward serves scores only.
+        self.expert_names = [] if compile or compile_mode else expert_names(self.model)
         self.device = next(self.model.parameters()).device
         self.precision = precision
         self.batch_size = batch_size
@@ -118,11 +122,32 @@ class Scorer:
         from agiqa.models import model_scores
         from agiqa.scoring.inference import inference_context
 
-        if self.encoder is not None:
-            inputs = {**inputs, "semantic": self.encoder.encode(list(pil_images), prompts)}
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in inputs.items()}
+        batch = self._device_batch(inputs, pil_images, prompts)
         with inference_context(self.precision, self.device):
             return model_scores(self.model, batch).float().cpu().numpy()
+
+    def predict_columns(self, inputs: dict, pil_images: Sequence | None = None,
+                        prompts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """`predict`'s scores as column `score`, plus `gate_<expert>` and `expert_<expert>` (the expert's own score)
+        for every expert of a mixture-of-experts model (`expert_names`), from the same forward pass."""
+        if not self.expert_names:
+            return {"score": self.predict(inputs, pil_images, prompts)}
+        from agiqa.models._factory import model_explanation
+        from agiqa.scoring.inference import inference_context
+
+        batch = self._device_batch(inputs, pil_images, prompts)
+        with inference_context(self.precision, self.device):
+            parts = {name: value.float().cpu().numpy() for name, value in model_explanation(self.model, batch).items()}
+        columns = {"score": parts["score"]}
+        for index, name in enumerate(self.expert_names):
+            columns[f"gate_{name}"] = parts["gate"][:, index]
+            columns[f"expert_{name}"] = parts["expert_score"][:, index]
+        return columns
+
+    def _device_batch(self, inputs: dict, pil_images: Sequence | None, prompts: Sequence[str] | None) -> dict:
+        if self.encoder is not None:
+            inputs = {**inputs, "semantic": self.encoder.encode(list(pil_images), prompts)}
+        return {key: value.to(self.device, non_blocking=True) for key, value in inputs.items()}
 
     def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
         if prompts is None and self.processor is not None and self.model.config.use_text:

@@ -21,15 +21,16 @@ from agiqa.errors import AgiqaError
 
 FORMATS = ("parquet", "csv", "jsonl")
 COLUMNS = ("image", "prompt", "score", "error")
+TEXT_COLUMNS = ("image", "prompt", "error")
 DIGEST_CHARS = 12
 _SHARD = re.compile(r"^part-(\d+)-([0-9a-f]+)\.(parquet|csv|jsonl)$")
 
 
-def _schema():
+def _schema(columns=COLUMNS):
+    """image, prompt, error: strings; score and any other column (gate_*, expert_*: per-expert outputs): float64."""
     import pyarrow as pa
 
-    return pa.schema([("image", pa.string()), ("prompt", pa.string()), ("score", pa.float64()),
-                      ("error", pa.string())])
+    return pa.schema([(name, pa.string() if name in TEXT_COLUMNS else pa.float64()) for name in columns])
 
 
 class ShardStore:
@@ -87,10 +88,10 @@ class ShardStore:
         return todo
 
     def write(self, index: int, digest: str, columns: dict[str, list]) -> Path:
-        """Write one block's rows as a shard, atomically."""
+        """Write one block's rows (`COLUMNS`, optionally more float columns, in the given order) atomically."""
         import pyarrow as pa
 
-        table = pa.table({name: columns[name] for name in COLUMNS}, schema=_schema())
+        table = pa.table(columns, schema=_schema(list(columns)))
         path = self.folder / f"part-{index:06d}-{digest[:DIGEST_CHARS]}.{self.format}"
         temporary = self.folder / f".{path.name}.{os.getpid()}.tmp"
         if self.format == "parquet":
@@ -118,8 +119,7 @@ class ShardStore:
         import pyarrow as pa
 
         batches = list(self.batches())
-        return pa.Table.from_batches(batches, schema=_schema()).to_pandas() if batches else \
-            _schema().empty_table().to_pandas()
+        return pa.Table.from_batches(batches).to_pandas() if batches else _schema().empty_table().to_pandas()
 
     def complete(self, totals: dict) -> None:
         _write_atomically(self.folder / "_SUCCESS.json", json.dumps(totals, indent=1).encode())
@@ -129,19 +129,18 @@ def read_shard(path: Path, columns: list[str] | None = None):
     """One shard as a pyarrow table with the output schema, whatever its format."""
     import pyarrow.parquet as pq
 
-    schema = _schema()
     if path.suffix == ".parquet":
         return pq.read_table(path, columns=columns)
     if path.suffix == ".csv":
         import pyarrow.csv as pacsv
 
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types=schema, strings_can_be_null=True))
+            column_types=_schema(), strings_can_be_null=True))
     else:
         import pyarrow.json as pajson
 
-        table = pajson.read_json(path, parse_options=pajson.ParseOptions(explicit_schema=schema))
-    table = table.select(list(COLUMNS)).cast(schema)
+        table = pajson.read_json(path)
+    table = table.cast(_schema(table.column_names))
     return table.select(columns) if columns else table
 
 

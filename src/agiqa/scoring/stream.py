@@ -129,17 +129,22 @@ def loader(dataset: BlockDataset, num_workers: int, pin_memory: bool = False) ->
 
 def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, str, dict], None],
                  on_batch: Callable[[int, int], None] = lambda scored, failed: None) -> None:
-    """Score `batches` with `scorer` (`Scorer.predict`), collect each block's rows and hand a finished block to
-    `write_block(index, digest, columns)`; `on_batch(n_scored, n_failed)` reports progress."""
+    """Score `batches` with `scorer` (`Scorer.predict_columns`: score, and gate weights and per-expert scores where
+    the model has experts), collect each block's rows and hand a finished block to `write_block(index, digest,
+    columns)`; `on_batch(n_scored, n_failed)` reports progress."""
+    names = ["score"] + [f"{kind}_{name}" for name in scorer.expert_names for kind in ("gate", "expert")]
     pending: dict[int, dict[str, list]] = {}
     for batch in batches:
-        scores = np.full(len(batch["keys"]), np.nan)
+        values = {name: np.full(len(batch["keys"]), np.nan) for name in names}
         if batch["good"]:
-            scores[batch["good"]] = scorer.predict(batch["inputs"], batch["images"], batch["good_prompts"])
-        rows = pending.setdefault(batch["block"], {"image": [], "prompt": [], "score": [], "error": []})
+            predicted = scorer.predict_columns(batch["inputs"], batch["images"], batch["good_prompts"])
+            for name in names:
+                values[name][batch["good"]] = predicted[name]
+        rows = pending.setdefault(batch["block"], {name: [] for name in ["image", "prompt", *names, "error"]})
         rows["image"] += batch["keys"]
         rows["prompt"] += batch["prompts"]
-        rows["score"] += [None if math.isnan(value) else float(value) for value in scores]
+        for name in names:
+            rows[name] += [None if math.isnan(value) else float(value) for value in values[name]]
         rows["error"] += batch["errors"]
         on_batch(len(batch["good"]), len(batch["keys"]) - len(batch["good"]))
         if batch["last"]:
