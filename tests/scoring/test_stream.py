@@ -228,6 +228,13 @@ def test_a_prompt_model_reads_prompts_from_lists_and_sidecars(tmp_path):
     assert (gates >= 0).all() and (gates.sum(axis=1) <= 1 + 1e-6).all() and rows.iloc[3, 3:11].isna().all()
 
 
+def test_torchrun_without_a_shared_output_is_refused(inputs, monkeypatch, capsys):
+    root, paths, _ = inputs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["score", str(root / "model"), *paths]) == 2
+    assert "pass --out" in capsys.readouterr().err
+
+
 def _two_ranks(root, paths, out) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "agiqa", "score", str(root / "model"), *paths, "--device", "cpu", "--precision", "fp32",

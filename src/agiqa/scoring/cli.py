@@ -68,6 +68,9 @@ def register(subparsers) -> None:
 def _score(args) -> int:
     import tempfile
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
+        raise AgiqaError("under torchrun every rank writes its own shards: pass --out with a folder (or a .csv/"
+                         ".parquet/.jsonl file) that all ranks share")
     if args.out and Path(args.out).suffix.lower() in TABLE_SUFFIXES:
         return _run(args, ShardStore(f"{args.out}.parts", "parquet"), table=Path(args.out))
     if args.out:
