@@ -48,7 +48,7 @@ def test_every_kind_of_file_scores_the_same_on_every_path(setup, tmp_path):
 
     assert main(["score", str(root / "model"), str(root / "images"), "--out", str(tmp_path / "s.csv"),
                  "--device", "cpu", "--batch-size", "4"]) == 1  # two bad files
-    cli = pd.read_csv(tmp_path / "s.csv").set_index("path")
+    cli = pd.read_csv(tmp_path / "s.csv").set_index("image")
     by_path = scorer.score([str(p) for p in paths])
     by_bytes = scorer.score([p.read_bytes() for p in paths], names=[p.name for p in paths])
     by_pil = scorer.score([Image.open(p) for p in files.values()])

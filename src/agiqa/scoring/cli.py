@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                         "folders")
     parser.add_argument("--prompt", help="one prompt for every input that has none of its own")
     parser.add_argument("--encoder", help="VLM id or directory for MA-AGIQA's semantic features")
+    parser.add_argument("--features", help="feature cache of that encoder (agiqa features extract / import-official): "
+                        "cached images are not encoded again; without --encoder, images not in it become error rows")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
@@ -163,7 +165,7 @@ def _list_failures(source, totals: dict, limit: int = 20) -> None:
 
 def _scorer_kwargs(args) -> dict:
     return {"pretrained": args.weights or True, "precision": args.precision, "batch_size": args.batch_size,
-            "encoder": args.encoder, "trust_remote_code": args.trust_remote_code,
+            "encoder": args.encoder, "features": args.features, "trust_remote_code": args.trust_remote_code,
             "compile": args.compile or args.compile_mode is not None, "compile_mode": args.compile_mode,
             "max_pixels": args.max_pixels}
 
@@ -176,7 +178,8 @@ def _scorer(args, device: str):
 
 def _setup(args) -> dict:
     """What makes scores comparable across runs: an output of another setup is never mixed in."""
-    return {"model": str(args.model), "weights": args.weights, "encoder": args.encoder, "precision": args.precision,
+    return {"model": str(args.model), "weights": args.weights, "encoder": args.encoder, "features": args.features,
+            "precision": args.precision,
             "max_pixels": args.max_pixels, "prompts": args.prompts, "prompt": args.prompt,
             "inputs": [os.path.abspath(p) for p in args.paths]}
 

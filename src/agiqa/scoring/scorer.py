@@ -1,6 +1,7 @@
 """Score images with a trained model: paths or PIL images (+ prompts) → scores, bad files reported, not fatal."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,8 @@ class Scorer:
 
     def __init__(self, model: str | os.PathLike | nn.Module, pretrained: bool | str = True, device: str = "auto",
                  precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
-                 compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 features: str | os.PathLike | None = None):
         from agiqa.scoring.inference import prepare_model
 
         from agiqa.models._factory import expert_names
@@ -61,11 +63,13 @@ class Scorer:
         self.processor = self.model.processor() if hasattr(self.model, "processor") else None
         self.preprocess = self.processor or ResizeNormalize(int(self.model.config.img_size))
         self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
+        self.features = _feature_cache(features, self.encoder) if self.needs_semantic and features else None
         cfg = getattr(self.model, "pretrained_cfg", None)
         self.score_range = tuple(cfg.score_range) if cfg else None
         self.lower_better = bool(cfg.lower_better) if cfg else False
-        if self.needs_semantic and self.encoder is None:
-            raise AgiqaError("this model fuses semantic features: pass encoder=<VLM id or directory> (CLI: --encoder)")
+        if self.needs_semantic and self.encoder is None and self.features is None:
+            raise AgiqaError("this model fuses semantic features: pass encoder=<VLM id or directory> (CLI: --encoder) "
+                             "and/or features=<feature cache> (CLI: --features)")
 
     @property
     def needs_prompt(self) -> bool:
@@ -73,8 +77,23 @@ class Scorer:
         from agiqa.semantic.base import prompt_needs_generation_prompt
 
         uses_text = self.processor is not None and bool(getattr(self.model.config, "use_text", False))
-        asks_prompt = self.encoder is not None and prompt_needs_generation_prompt(getattr(self.encoder, "prompts", ()))
-        return uses_text or asks_prompt
+        questions = self.features.prompts if self.features is not None else getattr(self.encoder, "prompts", ())
+        return uses_text or (self.needs_semantic and prompt_needs_generation_prompt(questions))
+
+    def feature_keys(self, content_hashes: Sequence[str], prompts: Sequence[str] | None) -> list[str]:
+        """Feature-cache keys of images with these content hashes (sha256 of the file bytes) and prompts."""
+        from agiqa.semantic.base import prompt_needs_generation_prompt
+        from agiqa.semantic.cache import feature_key
+
+        with_prompt = prompt_needs_generation_prompt(self.features.prompts)
+        return [feature_key(h, p if with_prompt else None) for h, p in zip(content_hashes, prompts or [None] * len(
+            content_hashes))]
+
+    def lacks_features(self, keys: Sequence[str]) -> list[bool]:
+        """Per key: True when it is not cached and there is no encoder to compute it (the image cannot be scored)."""
+        if self.encoder is not None or self.features is None:
+            return [False] * len(keys)
+        return [key not in self.features for key in keys]
 
     @property
     def image_size(self) -> int:
@@ -109,33 +128,59 @@ class Scorer:
                 except ImageLoadError as err:
                     errors[offset] = err.reason
                     _logger.warning("could not score %s: %s", names[index], err.reason)
+            keys = None
+            if loaded and self.features is not None:
+                loaded, keys = self._cached_or_computable(loaded, images[start:stop], prompts, start, errors)
             if loaded:
                 offsets, pil_images = zip(*loaded)
                 batch_prompts = [prompts[start + o] for o in offsets] if prompts is not None else None
-                scores[list(offsets)] = self._score_batch(list(pil_images), batch_prompts)
+                scores[list(offsets)] = self._score_batch(list(pil_images), batch_prompts, keys)
             yield ScoreResult(scores, names[start:stop], errors)
 
-    def predict(self, inputs: dict, pil_images: Sequence | None = None, prompts: Sequence[str] | None = None
-                ) -> np.ndarray:
-        """Scores of a batch made by `preprocess` (semantic features, where the model fuses them, are computed
-        here from the decoded images and prompts)."""
+    def _cached_or_computable(self, loaded: list, sources: list, prompts, start: int, errors: list):
+        """Feature-cache keys of the decoded images (paths and bytes are hashed; other inputs have no key), and
+        the images left once those with neither cached features nor an encoder became errors."""
+        from agiqa._files import sha256_file
+        from agiqa.scoring.stream import NO_FEATURES
+
+        def content_hash(source) -> str:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                return hashlib.sha256(source).hexdigest()
+            return sha256_file(source) if isinstance(source, (str, os.PathLike)) else ""
+
+        hashes = [content_hash(sources[offset]) for offset, _ in loaded]
+        batch_prompts = [prompts[start + offset] for offset, _ in loaded] if prompts is not None else None
+        keys = self.feature_keys(hashes, batch_prompts)
+        kept = []
+        for (offset, image), key, lacks in zip(loaded, keys, self.lacks_features(keys)):
+            if lacks:
+                errors[offset] = NO_FEATURES
+            else:
+                kept.append(((offset, image), key))
+        return [pair for pair, _ in kept], [key for _, key in kept]
+
+    def predict(self, inputs: dict, pil_images: Sequence | None = None, prompts: Sequence[str] | None = None,
+                feature_keys: Sequence[str] | None = None) -> np.ndarray:
+        """Scores of a batch made by `preprocess`. Semantic features, where the model fuses them, come from the
+        feature cache for `feature_keys` found there, else from the encoder on the decoded images and prompts."""
         from agiqa.models import model_scores
         from agiqa.scoring.inference import inference_context
 
-        batch = self._device_batch(inputs, pil_images, prompts)
+        batch = self._device_batch(inputs, pil_images, prompts, feature_keys)
         with inference_context(self.precision, self.device):
             return model_scores(self.model, batch).float().cpu().numpy()
 
     def predict_columns(self, inputs: dict, pil_images: Sequence | None = None,
-                        prompts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                        prompts: Sequence[str] | None = None,
+                        feature_keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """`predict`'s scores as column `score`, plus `gate_<expert>` and `expert_<expert>` (the expert's own score)
         for every expert of a mixture-of-experts model (`expert_names`), from the same forward pass."""
         if not self.expert_names:
-            return {"score": self.predict(inputs, pil_images, prompts)}
+            return {"score": self.predict(inputs, pil_images, prompts, feature_keys)}
         from agiqa.models._factory import model_explanation
         from agiqa.scoring.inference import inference_context
 
-        batch = self._device_batch(inputs, pil_images, prompts)
+        batch = self._device_batch(inputs, pil_images, prompts, feature_keys)
         with inference_context(self.precision, self.device):
             parts = {name: value.float().cpu().numpy() for name, value in model_explanation(self.model, batch).items()}
         columns = {"score": parts["score"]}
@@ -144,15 +189,34 @@ class Scorer:
             columns[f"expert_{name}"] = parts["expert_score"][:, index]
         return columns
 
-    def _device_batch(self, inputs: dict, pil_images: Sequence | None, prompts: Sequence[str] | None) -> dict:
-        if self.encoder is not None:
-            inputs = {**inputs, "semantic": self.encoder.encode(list(pil_images), prompts)}
+    def _device_batch(self, inputs: dict, pil_images: Sequence | None, prompts: Sequence[str] | None,
+                      feature_keys: Sequence[str] | None = None) -> dict:
+        if self.needs_semantic:
+            images = list(pil_images) if pil_images is not None else []  # None: all cached, no encoder
+            inputs = {**inputs, "semantic": self._semantic(images, prompts, feature_keys)}
         return {key: value.to(self.device, non_blocking=True) for key, value in inputs.items()}
 
-    def _score_batch(self, pil_images: list, prompts: list[str] | None) -> np.ndarray:
+    def _semantic(self, pil_images: list, prompts: Sequence[str] | None, keys: Sequence[str] | None):
+        """(N, P, D) features: cached rows read, the others encoded (one encoder call for all of them)."""
+        cached = [self.features is not None and keys is not None and key in self.features for key in keys or []]
+        if not any(cached):
+            return self.encoder.encode(pil_images, prompts)
+        features = self.features.get_many([key for key, hit in zip(keys, cached) if hit])
+        if all(cached):
+            return features
+        missing = [i for i, hit in enumerate(cached) if not hit]
+        encoded = self.encoder.encode([pil_images[i] for i in missing], [prompts[i] for i in missing] if prompts
+                                      else None).float()
+        rows = torch.empty(len(cached), *features.shape[1:])
+        rows[[i for i, hit in enumerate(cached) if hit]] = features
+        rows[missing] = encoded
+        return rows
+
+    def _score_batch(self, pil_images: list, prompts: list[str] | None, feature_keys: list[str] | None = None
+                     ) -> np.ndarray:
         if prompts is None and self.processor is not None and self.model.config.use_text:
             raise AgiqaError("MoE-AGIQA compares each image with its prompt: pass prompts (CLI: --prompts)")
-        return self.predict(self.preprocess(pil_images, prompts), pil_images, prompts)
+        return self.predict(self.preprocess(pil_images, prompts), pil_images, prompts, feature_keys)
 
 
 class ResizeNormalize:
@@ -183,6 +247,19 @@ def _build(model, pretrained) -> nn.Module:
 
         return create_model(saved_architecture(model), pretrained=str(model))
     return create_model(str(model), pretrained=pretrained)
+
+
+def _feature_cache(path: str | os.PathLike, encoder):
+    """The feature cache at `path`, checked against the encoder that would fill its gaps (same setup or refused)."""
+    from agiqa.semantic.cache import FeatureCache, StaleFeatureCacheError, fingerprint_diff
+
+    cache = FeatureCache(path)
+    if encoder is not None and hasattr(encoder, "fingerprint"):
+        diff = fingerprint_diff(cache.fingerprint, encoder.fingerprint())
+        if diff:
+            raise StaleFeatureCacheError(f"feature cache {path} was made by another encoder setup than --encoder:\n  "
+                                         + "\n  ".join(diff))
+    return cache
 
 
 def _encoder(encoder, trust_remote_code: bool):

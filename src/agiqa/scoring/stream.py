@@ -8,6 +8,7 @@ share a block, and a re-run skips blocks whose shard exists (`agiqa.scoring.shar
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from agiqa.errors import AgiqaError, ImageLoadError
 from agiqa.scoring.sources import ScoreItem, TarMember, block_digest, iter_items
 
 NO_PROMPT = "no prompt for this image (the model compares each image with its prompt)"
+NO_FEATURES = "no semantic features for this image in the feature cache (--features), and no --encoder to compute them"
 
 
 @dataclass(frozen=True)
@@ -58,45 +60,60 @@ class BlockReader:
     """
 
     def __init__(self, preprocess: Callable, batch_size: int, needs_prompt: bool = False, keep_images: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, hash_images: bool = False):
         self.preprocess, self.batch_size, self.needs_prompt = preprocess, batch_size, needs_prompt
-        self.keep_images, self.max_pixels = keep_images, max_pixels
+        self.keep_images, self.max_pixels, self.hash_images = keep_images, max_pixels, hash_images
 
     @classmethod
     def for_scorer(cls, scorer) -> "BlockReader":
         return cls(scorer.preprocess, scorer.batch_size, needs_prompt=scorer.needs_prompt,
-                   keep_images=scorer.encoder is not None, max_pixels=scorer.max_pixels)
+                   keep_images=scorer.encoder is not None, max_pixels=scorer.max_pixels,
+                   hash_images=scorer.features is not None)
 
     def batches(self, index: int, digest: str, block: list[ScoreItem]) -> Iterator[dict]:
-        """Per `batch_size` items: keys, prompts, errors, the decodable rows' positions and their model inputs."""
+        """Per `batch_size` items: keys, prompts, errors, the decodable rows' positions and their model inputs (and,
+        with `hash_images`, the sha256 of their bytes, the feature cache's key)."""
         n_batches = max(math.ceil(len(block) / self.batch_size), 1)
         for number in range(n_batches):
             part = block[number * self.batch_size:(number + 1) * self.batch_size]
             prompts = [item.read_prompt() if item.error is None else None for item in part]
-            errors, images = [], []
+            errors, images, hashes = [], [], []
             for item, prompt in zip(part, prompts):
-                error, image = self.decode(item, prompt)
+                error, image, content_hash = self.decode(item, prompt)
                 errors.append(error)
                 if image is not None:
                     images.append(image)
+                    hashes.append(content_hash)
             good = [i for i, error in enumerate(errors) if error is None]
             good_prompts = [prompts[i] for i in good] if self.needs_prompt else None
             yield {"block": index, "digest": digest, "last": number == n_batches - 1,
                    "keys": [item.key for item in part], "prompts": prompts, "errors": errors, "good": good,
                    "inputs": self.preprocess(images, good_prompts) if images else None,
-                   "images": images if self.keep_images else None, "good_prompts": good_prompts}
+                   "images": images if self.keep_images else None, "good_prompts": good_prompts,
+                   "hashes": hashes if self.hash_images else None}
 
     def decode(self, item: ScoreItem, prompt: str | None):
-        """(error, PIL image): exactly one of the two is None."""
+        """(error, PIL image, sha256 of the bytes or None): error or image is None."""
         if item.error is not None:
-            return item.error, None
+            return item.error, None, None
         if self.needs_prompt and not prompt:
-            return NO_PROMPT, None
+            return NO_PROMPT, None, None
         try:
             source = item.image.read() if isinstance(item.image, TarMember) else item.image
-            return None, decode_image(source, item.key, self.max_pixels)
+            if self.hash_images and not isinstance(source, bytes):
+                source = _read_file(source, item.key)  # hashed and decoded from the same bytes
+            digest = hashlib.sha256(source).hexdigest() if self.hash_images else None
+            return None, decode_image(source, item.key, self.max_pixels), digest
         except (ImageLoadError, OSError) as err:
-            return getattr(err, "reason", None) or f"{type(err).__name__}: {err}", None
+            return getattr(err, "reason", None) or f"{type(err).__name__}: {err}", None, None
+
+
+def _read_file(path: str, name: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError as err:
+        raise ImageLoadError(name, "file not found") from err
 
 
 class BlockDataset(IterableDataset):
@@ -135,9 +152,10 @@ def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, st
     names = ["score"] + [f"{kind}_{name}" for name in scorer.expert_names for kind in ("gate", "expert")]
     pending: dict[int, dict[str, list]] = {}
     for batch in batches:
+        batch, feature_keys = _with_features(scorer, batch)
         values = {name: np.full(len(batch["keys"]), np.nan) for name in names}
         if batch["good"]:
-            predicted = scorer.predict_columns(batch["inputs"], batch["images"], batch["good_prompts"])
+            predicted = scorer.predict_columns(batch["inputs"], batch["images"], batch["good_prompts"], feature_keys)
             for name in names:
                 values[name][batch["good"]] = predicted[name]
         rows = pending.setdefault(batch["block"], {name: [] for name in ["image", "prompt", *names, "error"]})
@@ -149,3 +167,26 @@ def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, st
         on_batch(len(batch["good"]), len(batch["keys"]) - len(batch["good"]))
         if batch["last"]:
             write_block(batch["block"], batch["digest"], pending.pop(batch["block"]))
+
+
+def _with_features(scorer, batch: dict) -> tuple[dict, list[str] | None]:
+    """The batch without the rows whose semantic features are neither cached nor computable (they become error
+    rows), and the feature-cache keys of the rest (None without a cache)."""
+    if batch.get("hashes") is None or not batch["good"]:
+        return batch, None
+    keys = scorer.feature_keys(batch["hashes"], batch["good_prompts"])
+    lacking = scorer.lacks_features(keys)
+    if not any(lacking):
+        return batch, keys
+    keep = [i for i, lacks in enumerate(lacking) if not lacks]
+    errors = list(batch["errors"])
+    for position, lacks in zip(batch["good"], lacking):
+        if lacks:
+            errors[position] = NO_FEATURES
+
+    def pick(values):
+        return None if values is None else [values[i] for i in keep]
+
+    inputs = {name: tensor[keep] for name, tensor in batch["inputs"].items()} if keep else None
+    return ({**batch, "errors": errors, "good": pick(batch["good"]), "inputs": inputs, "images": pick(batch["images"]),
+             "good_prompts": pick(batch["good_prompts"]), "hashes": pick(batch["hashes"])}, pick(keys))
