@@ -18,9 +18,11 @@ def register(subparsers) -> None:
         description="Score images with a model directory (a training run's model/ folder or save_pretrained output) "
         "or a registered model name with weights. Inputs stream through data-loader workers in blocks; each block is "
         "written as a shard when done, so a killed run resumes where it stopped. One row per input (image, prompt, "
-        "score, error); unreadable inputs keep their row with the reason in `error` and make the exit code 1 "
+        "score, gate_<expert>/expert_<expert> for mixture-of-experts models, error); unreadable inputs keep their "
+        "row with the reason in `error` and make the exit code 1 "
         "(0 under torchrun, which takes a non-zero exit for a crashed rank). "
-        "Several processes: torchrun --nproc_per_node N -m agiqa score ...; a Ray cluster: --engine ray.",
+        "Several processes: torchrun --standalone --nproc_per_node N -m agiqa score ... --out DIR; a Ray cluster: "
+        "--engine ray.",
     )
     parser.add_argument("model", help="model directory, or a registered name such as maniqa.koniq10k")
     parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively), lists (.csv/.tsv/"
@@ -41,7 +43,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true",
-                        help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs)")
+                        help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs); "
+                        "scores only (no gate_/expert_ columns)")
     parser.add_argument("--compile-mode",
                         help="torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
