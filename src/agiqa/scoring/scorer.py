@@ -47,9 +47,8 @@ class Scorer:
                  precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
                  compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  features: str | os.PathLike | None = None):
-        from agiqa.scoring.inference import prepare_model
-
         from agiqa.models._factory import expert_names
+        from agiqa.scoring.inference import prepare_model
 
         self.model = prepare_model(_build(model, pretrained), device, compile=compile, compile_mode=compile_mode)
         # Gate weights and per-expert scores come from the eager model; a compiled forward serves scores only.
