@@ -61,7 +61,7 @@ def test_maniqa_stages_chain_to_the_model_output_and_print_a_row_each(monkeypatc
 
 def test_bench_score_prints_end_to_end_against_model_only_and_peak_rss(tmp_path, capsys):
     rows = load_script("bench_score").main(["--out", str(tmp_path), "--models", "tiny", "--images", "6", "--size",
-                                            "96", "--workers", "0", "1", "--rss", "10", "30"])
+                                            "96", "--workers", "0", "1", "--repeats", "1", "--rss", "10", "30"])
     assert [(r["path"], r["images"]) for r in rows] == [("model only", 6), ("workers 0", 6), ("workers 1", 6),
                                                         ("peak RSS", 10), ("peak RSS", 30)]
     assert all(r["rate"] > 0 and r["ratio"] > 0 for r in rows[:3]) and all(r["rss_mb"] > 50 for r in rows[3:])

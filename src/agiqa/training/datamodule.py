@@ -43,7 +43,7 @@ def decode_images(paths: list[str], size: int, cache_dir: str | None = None) -> 
         raise DatasetValidationError(f"{len(failures)} of {len(paths)} images could not be read:\n  {shown}{more}")
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npy")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")  # DDP ranks decode at once: one temporary each
         np.save(tmp, out.numpy())
         tmp.replace(cache_file)
     return out
