@@ -26,6 +26,17 @@ def shared_data() -> Path:
     return SHARED_DATA.resolve()
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (the benchmarks' `--threads 1`) does not leave it set for the tests
+    after it: a from-scratch training run takes another path with one thread than with the machine's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's temporary home (caches the tests wrote)."""
     import shutil

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -146,9 +148,11 @@ def test_tiny_moe_agiqa_learns_synthetic_quality(tmp_path):
     prior ViTs, BLIP text encoder on the prompt image, cross-attention, top-3 of 4 experts) from scratch on 6,000
     synthetic images, ~5 min on 2 cores (16 epochs). No prompt mismatches here: every quality loss is in the pixels."""
     data = tmp_path / "synth"
-    assert main(["synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0"]) == 0
-    assert main(["train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}",
-                 "--out", str(tmp_path / "run")]) == 0
+    agiqa = [sys.executable, "-m", "agiqa"]  # fresh processes: nothing another test set (threads, seeds) leaks in
+    subprocess.run([*agiqa, "synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0"],
+                   check=True, capture_output=True)
+    subprocess.run([*agiqa, "train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}",
+                    "--out", str(tmp_path / "run")], check=True, capture_output=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_scored"] == metrics["n_test"] == 1200
     assert metrics["overall"]["srcc"] >= 0.85
