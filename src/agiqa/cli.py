@@ -50,6 +50,7 @@ def quiet_lightning(verbose: bool) -> None:
 
 # Optional dependencies and the extra that installs them, for a one-line hint instead of an ImportError.
 OPTIONAL_MODULES = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "python_multipart": "serve",
+                    "prometheus_client": "serve",
                     "ray": "ray"}
 # Mistakes a user fixes (a wrong path, a missing file): one line, exit code 2; anything else is a bug and shows
 # its traceback.

@@ -18,6 +18,10 @@ class ImageLoadError(AgiqaError, OSError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image has more pixels than the limit (`max_pixels`) or Pillow's decompression-bomb guard allows."""
+
+
 class ConfigError(AgiqaError, ValueError):
     """An experiment config (YAML or `--set` override) has an unknown key or a value of the wrong type."""
 

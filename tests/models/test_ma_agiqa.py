@@ -201,5 +201,7 @@ def test_explain_gives_the_forward_score_gates_and_each_experts_own_score():
     torch.testing.assert_close(recombined, parts["score"])
     concat = create_model("test_ma_agiqa", fusion="concat")
     assert concat.expert_names == []
-    with pytest.raises(ValueError, match="no gates"):
-        concat.explain(image, semantic)
+    with torch.no_grad():
+        concat_parts = concat.eval().explain(image, semantic)
+        torch.testing.assert_close(concat_parts["score"], concat(image, semantic))
+    assert "gate" not in concat_parts and concat_parts["patch_map"].shape == (3, *model.grid_size)

@@ -161,6 +161,21 @@ def test_forward_paths_agree():
         torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), model.forward_features(x))
 
 
+def test_explain_maps_each_patch_score_times_weight_on_the_grid():
+    model = tiny_model()
+    x = tiny_input(2)
+    with torch.no_grad():
+        parts = model.explain(x)
+        s, w = model.patch_scores(x)
+        score = model(x)
+    side = model.config.img_size // model.config.patch_size
+    assert parts["patch_map"].shape == (2, side, side)
+    torch.testing.assert_close(parts["score"], score)
+    # Row-major patch order: patch (row r, column c) is token r * side + c.
+    torch.testing.assert_close(parts["patch_map"][:, 1, 0], (s * w)[:, side])
+    torch.testing.assert_close(parts["patch_map"].flatten(1).sum(1) / w.sum(1), score)
+
+
 def test_eval_is_deterministic_and_batch_independent():
     model = tiny_model()
     x = tiny_input(4)

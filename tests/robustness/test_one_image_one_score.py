@@ -3,6 +3,8 @@ scores the same through `agiqa score`, `Scorer` with its path, its bytes or the 
 bad files are per-file errors and the counts add up."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,8 +110,14 @@ def test_pixel_limit_is_a_per_file_error_on_every_path(setup):
     assert np.isnan(result.scores).all()
     assert all("more than the limit of 1000" in reason for _, reason in result.failures)
     client = TestClient(create_app(scorer, "tiny"))
-    body = client.post("/score", files=[("images", ("g.png", files["grey.png"].read_bytes(), "image/png"))]).json()
-    assert body["n_failed"] == 1 and "max_pixels" in body["results"][0]["error"]
+    grey = ("g.png", files["grey.png"].read_bytes(), "image/png")
+    alone = client.post("/score", files=[("images", grey)])  # nothing to score: the request as a whole is too large
+    assert alone.status_code == 413 and "g.png" in alone.json()["detail"] and "max_pixels" in alone.json()["detail"]
+    buffer = io.BytesIO()
+    Image.open(files["grey.png"]).resize((20, 20)).save(buffer, format="PNG")  # 400 pixels: under the limit
+    small = ("s.png", buffer.getvalue(), "image/png")
+    body = client.post("/score", files=[("images", grey), ("images", small)]).json()
+    assert body["n_failed"] == 1 and "max_pixels" in body["results"][0]["error"] and body["results"][1]["score"]
 
 
 @pytest.mark.parametrize("array, expected", [

@@ -15,7 +15,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from agiqa.errors import ImageLoadError
+from agiqa.errors import ImageLoadError, ImageTooLargeError
 
 # Transparent pixels are shown as they would be on a white page.
 BACKGROUND = (255, 255, 255)
@@ -49,7 +49,7 @@ def decode_image(source: ImageSource, name: str | None = None, max_pixels: int =
     except UnidentifiedImageError as err:
         raise ImageLoadError(label, "not an image Pillow can identify (corrupt or unsupported format)") from err
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(label, f"too many pixels ({err})") from err
+        raise ImageTooLargeError(label, f"too many pixels ({err})") from err
     except ImageLoadError:
         raise
     except Exception as err:  # noqa: BLE001 - e.g. a permission error, or a plugin failing while identifying
@@ -71,7 +71,7 @@ def _finish(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
     """Pixel limit, first frame, full decode, EXIF orientation, RGB."""
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageLoadError(label, f"{width}x{height} = {width * height} pixels, more than the limit of "
+        raise ImageTooLargeError(label, f"{width}x{height} = {width * height} pixels, more than the limit of "
                                     f"{max_pixels} (max_pixels)")
     frame = img.tell() if getattr(img, "n_frames", 1) > 1 else 0
     try:

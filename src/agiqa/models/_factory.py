@@ -74,7 +74,8 @@ def expert_names(model: nn.Module) -> list[str]:
 
 
 def model_explanation(model: nn.Module, batch: dict) -> dict:
-    """`score` (B,), `gate` and `expert_score` (B, E; E = `expert_names(model)`) of a model with experts."""
+    """The model's `explain`: `score` (B,); `gate` and `expert_score` (B, E; E = `expert_names(model)`) where it has
+    experts; `patch_map` (B, H, W) where it has MANIQA's per-patch scores."""
     return model.explain(*_model_inputs(model, batch))
 
 

@@ -228,10 +228,17 @@ class MaAgiqa(AfmLayers, Maniqa):
         return self.forward_head(self.forward_features(x, semantic))
 
     def explain(self, x: torch.Tensor | None, semantic: torch.Tensor | None = None) -> dict:
-        """`forward`'s score with the AFM's gate weights and per-expert scores (see `explain_fusion`)."""
-        if not self.expert_names:
-            raise ValueError("concatenation fusion has no gates to explain")
-        return self.explain_fusion(Maniqa.forward_features(self, x) if self.config.use_maniqa else None, semantic)
+        """`forward`'s score with the AFM's gate weights and per-expert scores (see `explain_fusion`; concatenation
+        fusion has no gates: score only) and, with the MANIQA expert, its `patch_map` (B, H, W) (see
+        `Maniqa.explain`)."""
+        visual = Maniqa.forward_features(self, x) if self.config.use_maniqa else None
+        if self.expert_names:
+            parts = self.explain_fusion(visual, semantic)
+        else:
+            parts = {"score": self.regress(self.fuse(visual, semantic))}
+        if visual is not None:
+            parts["patch_map"] = self.grid_map(visual)
+        return parts
 
 
 def checkpoint_filter_fn(state_dict: dict, model: MaAgiqa) -> dict:

@@ -692,6 +692,16 @@ class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qualit
         """Normalised images ``(B, 3, S, S)`` -> image scores ``(B,)``."""
         return self.forward_head(self.forward_patch_tokens(x))
 
+    def explain(self, x: torch.Tensor) -> dict:
+        """`forward`'s score ``(B,)`` with ``patch_map`` ``(B, H, W)``: each patch's score x weight on the patch grid
+        (where the score comes from; the score is the map's sum over the weights' sum)."""
+        score, weight = self.patch_scores(x)
+        return {"score": self.pool_scores(score, weight), "patch_map": self.grid_map(score * weight)}
+
+    def grid_map(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """Per-patch values ``(B, N)`` laid out on the patch grid ``(B, H, W)``."""
+        return per_patch.view(per_patch.shape[0], *self.grid_size)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Official checkpoints

@@ -170,11 +170,12 @@ class Scorer:
             return model_scores(self.model, batch).float().cpu().numpy()
 
     def predict_columns(self, inputs: dict, pil_images: Sequence | None = None,
-                        prompts: Sequence[str] | None = None,
-                        feature_keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                        prompts: Sequence[str] | None = None, feature_keys: Sequence[str] | None = None,
+                        patch_maps: bool = False) -> dict[str, np.ndarray]:
         """`predict`'s scores as column `score`, plus `gate_<expert>` and `expert_<expert>` (the expert's own score)
-        for every expert of a mixture-of-experts model (`expert_names`), from the same forward pass."""
-        if not self.expert_names:
+        for every expert of a mixture-of-experts model (`expert_names`), from the same forward pass; with
+        `patch_maps`, also `patch_map` (B, H, W) where the model has one (MANIQA's per-patch score x weight)."""
+        if not self.expert_names and not (patch_maps and self.has_patch_map):
             return {"score": self.predict(inputs, pil_images, prompts, feature_keys)}
         from agiqa.models._factory import model_explanation
         from agiqa.scoring.inference import inference_context
@@ -186,7 +187,17 @@ class Scorer:
         for index, name in enumerate(self.expert_names):
             columns[f"gate_{name}"] = parts["gate"][:, index]
             columns[f"expert_{name}"] = parts["expert_score"][:, index]
+        if patch_maps and "patch_map" in parts:
+            columns["patch_map"] = parts["patch_map"]
         return columns
+
+    @property
+    def has_patch_map(self) -> bool:
+        """True when the model can say where its score comes from (MANIQA and MA-AGIQA with the MANIQA expert)."""
+        from agiqa.models.maniqa import Maniqa
+
+        model = getattr(self.model, "_orig_mod", self.model)  # under torch.compile
+        return isinstance(model, Maniqa) and bool(getattr(model.config, "use_maniqa", True))
 
     def _device_batch(self, inputs: dict, pil_images: Sequence | None, prompts: Sequence[str] | None,
                       feature_keys: Sequence[str] | None = None) -> dict:

@@ -1,67 +1,228 @@
-"""HTTP scoring service: `agiqa serve MODEL` → POST images (+ prompts) to /score, get JSON scores back.
+"""HTTP scoring service: `agiqa serve MODEL` -> a browser page at /, POST images (+ prompts) to /score for JSON
+scores (optionally with gate weights, per-expert scores and a heat map), GET /health, /info, /metrics.
 
-No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime.
+The model runs on one inference thread fed by a micro-batcher (`service.batcher`); uploads are decoded by the
+scorer's one rule (`agiqa.data.images.decode_image`) and preprocessed by the model's own preprocessing in worker
+threads, so the event loop only moves bytes. No `from __future__ import annotations` here: FastAPI reads the
+endpoint annotations at runtime.
 """
 
+import asyncio
 import math
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
 
+import numpy as np
+
+from agiqa.data.images import decode_image
+from agiqa.errors import ImageLoadError, ImageTooLargeError
+from agiqa.scoring.heatmap import heatmap_image, png_base64
 from agiqa.scoring.scorer import Scorer
+from agiqa.service.batcher import MicroBatcher, QueueFull
+from agiqa.service.limits import BodySizeLimit, ServiceLimits
+from agiqa.service.metrics import ServiceMetrics
 
-MAX_IMAGES_PER_REQUEST = 64
+HEATMAP_SIDE = 512  # longest side of a heat map in an answer (the page stretches it over the image)
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+ROUTES = ("/", "/health", "/info", "/metrics", "/score")
 
 
-def create_app(scorer: Scorer, model_name: str = "model"):
+def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits | None = None):
     """A FastAPI app around one loaded `Scorer` (the model is loaded once, at start-up)."""
-    from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
 
-    app = FastAPI(title="agiqa scoring service", version="1")
+    limits = limits or ServiceLimits(max_batch=scorer.batch_size, max_pixels=scorer.max_pixels)
+    metrics = ServiceMetrics()
+    batcher = MicroBatcher(scorer, limits.max_batch, limits.max_wait_ms, limits.max_queue, metrics.observe_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="agiqa scoring service", version="2", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes)
+
+    @app.middleware("http")
+    async def check_and_observe(request: Request, call_next):
+        started = time.perf_counter()
+        content_type = request.headers.get("content-type", "")
+        if request.url.path == "/score" and request.method == "POST" and \
+                not content_type.startswith("multipart/form-data"):
+            response = JSONResponse({"detail": f"POST /score takes multipart/form-data (fields `images`, `prompts`, "
+                                     f"`explain`), not {content_type or 'a body without a content type'}"}, 415)
+        else:
+            response = await call_next(request)
+        path = request.url.path if request.url.path in ROUTES else "other"
+        metrics.observe_request(path, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return resources.files("agiqa.service").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": model_name}
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "queued_images": batcher.waiting}
 
     @app.get("/info")
     def info() -> dict:
         return {"model": model_name, "image_size": scorer.image_size, "score_range": scorer.score_range,
-                "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt}
+                "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt,
+                "experts": scorer.expert_names, "heatmap": scorer.has_patch_map, "limits": limits.as_dict()}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        metrics.queue.set(batcher.waiting)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.post("/score")
-    async def score(images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None)) -> dict:
-        if len(images) > MAX_IMAGES_PER_REQUEST:
-            raise HTTPException(413, f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(images)}")
-        if prompts is not None and len(prompts) != len(images):
-            raise HTTPException(422, f"got {len(images)} images but {len(prompts)} prompts")
-        if prompts is None and scorer.needs_prompt:
-            raise HTTPException(422, f"{model_name} compares each image with its prompt: send one `prompts` field "
-                                "per image")
+    async def score(images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None),
+                    explain: bool = Form(False)) -> dict:
         names = [upload.filename or f"image {i}" for i, upload in enumerate(images)]
-        # Decoded by the scorer's one rule (agiqa.data.images.decode_image), exactly as a file on disk would be.
-        scored = scorer.score([await upload.read() for upload in images], prompts, names=names)
-        results = [{"filename": name, "score": None if math.isnan(value) else float(value),
-                    "error": None if error is None else f"{name}: {error}"}
-                   for name, value, error in zip(names, scored.scores, scored.errors)]
-        return {"model": model_name, "n_scored": sum(error is None for error in scored.errors),
-                "n_failed": sum(error is not None for error in scored.errors), "results": results}
+        check_request(images, names, prompts)
+        uploads = [await upload.read() for upload in images]
+        decoded = await run_in_threadpool(prepare, uploads, names, prompts)
+        errors = decoded["errors"]
+        for kind in decoded["kinds"]:
+            if kind is not None:
+                metrics.image_errors.labels(kind).inc()
+        if not decoded["good"]:
+            too_large = all(kind == "too_large" for kind in decoded["kinds"])
+            raise HTTPException(413 if too_large else 422, "no image could be scored: " + "; ".join(
+                f"{name}: {error}" for name, error in zip(names, errors)))
+        columns = await scored_columns(decoded, explain)
+        metrics.images.inc(len(decoded["good"]))
+        results = await run_in_threadpool(answer_rows, names, errors, decoded, columns, explain)
+        return {"model": model_name, "n_scored": len(decoded["good"]), "n_failed": len(names) - len(decoded["good"]),
+                "results": results}
+
+    def check_request(images: list, names: list[str], prompts: list[str] | None) -> None:
+        if len(images) > limits.max_images:
+            raise HTTPException(413, f"at most {limits.max_images} images per request (max_images), got {len(images)}")
+        for name, upload in zip(names, images):
+            if upload.content_type and not upload.content_type.startswith(ACCEPTED_TYPES):
+                raise HTTPException(415, f"{name}: content type {upload.content_type} is not an image (send image/* "
+                                    "or application/octet-stream)")
+        if prompts is not None and len(prompts) != len(images):
+            raise HTTPException(422, f"got {len(images)} images but {len(prompts)} prompts (send one `prompts` "
+                                "field per image, in the same order)")
+        if scorer.needs_prompt and (prompts is None or not all(p.strip() for p in prompts)):
+            missing = names if prompts is None else [n for n, p in zip(names, prompts) if not p.strip()]
+            raise HTTPException(422, f"{model_name} compares each image with its prompt: send one `prompts` field "
+                                f"per image (missing for {', '.join(missing)})")
+
+    def prepare(uploads: list[bytes], names: list[str], prompts: list[str] | None) -> dict:
+        """Decode (the one rule) and preprocess (the model's own) the uploads; failures become per-image errors."""
+        errors, kinds, good, pil_images = [None] * len(uploads), [None] * len(uploads), [], []
+        for i, (data, name) in enumerate(zip(uploads, names)):
+            try:
+                if not data:
+                    raise ImageLoadError(name, "empty file (0 bytes)")
+                pil_images.append(decode_image(data, name, limits.max_pixels))
+                good.append(i)
+            except ImageLoadError as err:
+                errors[i] = err.reason
+                kinds[i] = "too_large" if isinstance(err, ImageTooLargeError) else "decode"
+        good_prompts = [prompts[i] for i in good] if prompts is not None else None
+        inputs = scorer.preprocess(pil_images, good_prompts) if pil_images else None
+        return {"errors": errors, "kinds": kinds, "good": good, "images": pil_images, "prompts": good_prompts,
+                "inputs": inputs}
+
+    async def scored_columns(decoded: dict, explain: bool) -> dict:
+        try:
+            future = batcher.submit(decoded["inputs"], decoded["images"], decoded["prompts"], explain)
+        except QueueFull as full:
+            raise HTTPException(503, f"busy: {full.waiting} images are waiting for the model (max_queue "
+                                f"{limits.max_queue}); retry in {full.retry_after} s",
+                                headers={"Retry-After": str(full.retry_after)}) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise HTTPException(504, f"not scored within {limits.timeout_s} s (timeout_s)") from None
+
+    def answer_rows(names, errors, decoded, columns, explain: bool) -> list[dict]:
+        scores = np.full(len(names), np.nan)
+        scores[decoded["good"]] = columns["score"]
+        ranks = rank_of(scores, scorer.lower_better)
+        rows = [{"filename": name, "score": None if math.isnan(value) else float(value), "rank": rank,
+                 "error": None if error is None else f"{name}: {error}"}
+                for name, value, rank, error in zip(names, scores, ranks, errors)]
+        if explain:
+            for position, (index, image) in enumerate(zip(decoded["good"], decoded["images"])):
+                rows[index].update(explanation(columns, position, image))
+        return rows
+
+    def explanation(columns: dict, position: int, image) -> dict:
+        parts = {"gates": {name: float(columns[f"gate_{name}"][position]) for name in scorer.expert_names},
+                 "experts": {name: float(columns[f"expert_{name}"][position]) for name in scorer.expert_names}}
+        if "patch_map" in columns:
+            parts["heatmap_png"] = png_base64(heatmap_image(columns["patch_map"][position],
+                                                            fitted(image.size, HEATMAP_SIDE)))
+        return parts
 
     return app
 
 
+def rank_of(scores: np.ndarray, lower_better: bool = False) -> list[int | None]:
+    """1 for the best scored image of a request, 2 for the next...; None where it failed."""
+    order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])),
+                   key=lambda i: scores[i] if lower_better else -scores[i])
+    ranks: list[int | None] = [None] * len(scores)
+    for rank, index in enumerate(order, start=1):
+        ranks[index] = rank
+    return ranks
+
+
+def fitted(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """`size` scaled down (never up) so that its longer side is at most `side`."""
+    scale = min(1.0, side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="serve a model over HTTP (POST /score)",
-                                   description="Load a model once and serve it: GET /health, GET /info, "
-                                   "POST /score with multipart `images` (+ `prompts`). Needs the [serve] extra.")
+    defaults = ServiceLimits()
+    parser = subparsers.add_parser(
+        "serve", help="serve a model over HTTP: a browser page at /, POST /score, /health, /info, /metrics",
+        description="Load a model once and serve it. Open http://HOST:PORT/ in a browser to drop images and see "
+        "scores, ranks, gate weights and heat maps; programs POST multipart `images` (+ one `prompts` field per "
+        "image, + `explain=true`) to /score. Concurrent requests share model batches (--batch-size images, "
+        "--max-wait-ms); when --max-queue images wait, new requests get 503 with Retry-After. Limits answer 413 "
+        "(upload, images, pixels), 415 (not an image) or 422 (prompts). Needs the [serve] extra.")
     parser.add_argument("model", help="model directory or registered name (as for `agiqa score`)")
     parser.add_argument("--weights", help="weights for a registered model name")
     parser.add_argument("--encoder", help="VLM for MA-AGIQA's semantic features")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--batch-size", type=int, default=defaults.max_batch,
+                        help="most images per model batch, collected across concurrent requests")
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                        help="how long a batch waits for more images after its first")
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="images waiting for the model before new requests get 503")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds before a 504")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+                        help="largest request body (413)")
+    parser.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request (413)")
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                        help="pixels per image, decompression bombs included (413 when no image of a request fits)")
     parser.set_defaults(func=_serve)
 
 
 def _serve(args) -> int:
     import uvicorn
 
-    scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, encoder=args.encoder)
-    uvicorn.run(create_app(scorer, str(args.model)), host=args.host, port=args.port)
+    limits = ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_images=args.max_images,
+                           max_pixels=args.max_pixels, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
+                           max_queue=args.max_queue, timeout_s=args.timeout)
+    scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, encoder=args.encoder,
+                    precision=args.precision, batch_size=args.batch_size, max_pixels=args.max_pixels)
+    uvicorn.run(create_app(scorer, str(args.model), limits), host=args.host, port=args.port)
     return 0
