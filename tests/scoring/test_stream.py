@@ -228,6 +228,31 @@ def test_a_prompt_model_reads_prompts_from_lists_and_sidecars(tmp_path):
     assert (gates >= 0).all() and (gates.sum(axis=1) <= 1 + 1e-6).all() and rows.iloc[3, 3:11].isna().all()
 
 
+def test_explain_draws_each_scored_image_with_its_heat_map(inputs, tmp_path, capsys):
+    root, paths, reference = inputs
+    assert _score(root, paths[:1] + paths[3:4], tmp_path / "plain.csv", "--workers", "0") == 1
+    assert _score(root, paths[:1] + paths[3:4], tmp_path / "explained.csv", "--workers", "2",
+                  "--explain", str(tmp_path / "maps")) == 1
+    plain, rows = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "explained.csv")
+    pd.testing.assert_frame_equal(rows.drop(columns="heatmap"), plain, rtol=1e-6)  # drawing changes no score
+    assert rows.loc[rows["score"].isna(), "heatmap"].isna().all()
+    drawn = rows.dropna(subset=["score"])
+    assert len(drawn) == 9 and drawn["heatmap"].is_unique
+    assert sorted(str(p) for p in (tmp_path / "maps").iterdir()) == sorted(drawn["heatmap"])  # nothing else left
+    for key, file in zip(drawn["image"], drawn["heatmap"]):
+        original = Image.open(reference[key][0]).convert("RGB")
+        heat = Image.open(file)
+        assert heat.format == "PNG" and heat.size == original.size
+        difference = np.abs(np.asarray(heat, dtype=float) - np.asarray(original, dtype=float))
+        assert difference.mean() > 10  # the map is drawn over the image
+    # MoE-AGIQA has no per-patch scores: said plainly, before any work
+    torch.manual_seed(0)
+    create_model("test_moe_agiqa").save_pretrained(tmp_path / "moe")
+    assert main(["score", str(tmp_path / "moe"), paths[0], "--prompt", "x", "--device", "cpu", "--out",
+                 str(tmp_path / "moe.csv"), "--explain", str(tmp_path / "moe-maps")]) == 2
+    assert "no per-patch scores" in capsys.readouterr().err
+
+
 def test_torchrun_without_a_shared_output_is_refused(inputs, monkeypatch, capsys):
     root, paths, _ = inputs
     monkeypatch.setenv("WORLD_SIZE", "2")

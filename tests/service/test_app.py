@@ -136,7 +136,8 @@ def test_a_body_without_content_length_is_cut_off_at_the_upload_limit(limited):
             yield b"\0" * 4096
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = http.post("/score", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    response = http.post("/score", content=chunks(), headers=headers)
     assert response.status_code == 413 and "upload limit of 20000 bytes" in response.json()["detail"]
 
 
@@ -180,7 +181,7 @@ def test_explain_gives_gate_weights_and_expert_scores_of_ma_agiqa(client):
     http, scorer = client
     result = http.post("/score", files=one("a.png", png_bytes(0)), data={"explain": "true"}).json()["results"][0]
     assert list(result["gates"]) == list(result["experts"]) == scorer.expert_names == ["maniqa"]
-    bias = float(scorer.model.output_fc.bias)  # the AFM's gates are raw linear outputs, as released
+    bias = scorer.model.output_fc.bias.detach().item()  # the AFM's gates are raw linear outputs, as released
     gate, expert = result["gates"]["maniqa"], result["experts"]["maniqa"]
     assert gate * (expert - bias) + bias == pytest.approx(result["score"], abs=1e-5)
     assert "heatmap_png" in result

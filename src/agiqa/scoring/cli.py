@@ -65,6 +65,10 @@ def register(subparsers) -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (0: CPU actors)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0,
                         help="CPUs Ray reserves per actor (each decodes its own blocks; default 1)")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="draw each scored image with its heat map (MANIQA's per-patch score x weight: where "
+                        "the score comes from) as PNG files in DIR; column `heatmap` names each file (models with "
+                        "MANIQA patches: maniqa, ma_agiqa; local engine)")
     parser.add_argument("--log-every", type=float, default=30.0,
                         help="seconds between progress lines when stderr is not a terminal")
     parser.set_defaults(func=_score)
@@ -106,13 +110,15 @@ def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
             print(f"resuming {store.folder}: {len(job.plan) - len(job.todo)} of {len(job.plan)} blocks already "
                   "scored", file=sys.stderr)
         scorer = _scorer(args, device) if args.engine == "local" or table is not False or args.top_k else None
+        if args.explain:
+            _check_explain(args, scorer)
         if args.engine == "ray":
             from agiqa.scoring.ray_engine import run_on_ray
 
             run_on_ray(job, args.model, _scorer_kwargs(args), args.actors, args.gpus_per_actor, args.cpus_per_actor,
                        args.ray_address or os.environ.get("RAY_ADDRESS"))
         else:
-            job.run(scorer, args.workers, rank, world)
+            job.run(scorer, args.workers, rank, world, heatmaps=args.explain)
         distributed.barrier()
         if rank != 0:
             return 0
@@ -166,6 +172,17 @@ def _list_failures(source, totals: dict, limit: int = 20) -> None:
             shown += 1
 
 
+def _check_explain(args, scorer) -> None:
+    """--explain needs the local engine and a model with per-patch scores; makes its folder."""
+    if args.engine != "local":
+        raise AgiqaError("--explain draws heat maps on the local engine (one process or torchrun), not with --engine "
+                         "ray")
+    if not scorer.has_patch_map:
+        raise AgiqaError(f"--explain: {args.model} has no per-patch scores to draw (heat maps come from MANIQA's "
+                         "patches: maniqa, ma_agiqa); its gate weights and expert scores are columns already")
+    os.makedirs(args.explain, exist_ok=True)
+
+
 def _scorer_kwargs(args) -> dict:
     return {"pretrained": args.weights or True, "precision": args.precision, "batch_size": args.batch_size,
             "encoder": args.encoder, "features": args.features, "trust_remote_code": args.trust_remote_code,
@@ -184,6 +201,7 @@ def _setup(args) -> dict:
     return {"model": str(args.model), "weights": args.weights, "encoder": args.encoder, "features": args.features,
             "precision": args.precision,
             "max_pixels": args.max_pixels, "prompts": args.prompts, "prompt": args.prompt,
+            "explain": os.path.abspath(args.explain) if args.explain else None,
             "inputs": [os.path.abspath(p) for p in args.paths]}
 
 

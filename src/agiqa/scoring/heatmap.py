@@ -3,7 +3,11 @@ image. One rendering for `agiqa score --explain DIR` (PNG files) and the service
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -37,3 +41,17 @@ def png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def heatmap_file(folder: str | os.PathLike, key: str) -> Path:
+    """Where `agiqa score --explain FOLDER` draws the heat map of input `key`: its name made file-safe, plus a short
+    hash of the key so that two inputs never share a file (the output's `heatmap` column names it)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")[-100:]
+    return Path(folder) / f"{stem}.{hashlib.sha1(key.encode()).hexdigest()[:8]}.png"
+
+
+def write_overlay(path: Path, image: Image.Image, patch_map: np.ndarray) -> None:
+    """The image with its heat map over it, as PNG at `path` (written whole: a temporary file, then renamed)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    overlay(image, patch_map).save(partial, format="PNG")
+    os.replace(partial, path)

@@ -45,13 +45,16 @@ class ScoreJob:
         done = sum(block.size for block in self.plan if block.index not in self.todo)
         return Progress(round((self.total - done) * share) + done, done, self.log_every, label=label)
 
-    def run(self, scorer, num_workers: int = 0, rank: int = 0, world: int = 1) -> None:
-        """Score this process's blocks (`index % world == rank`, then split among `num_workers` decode workers)."""
-        dataset = BlockDataset(self.items, self.todo, self.block_size, BlockReader.for_scorer(scorer), rank, world)
+    def run(self, scorer, num_workers: int = 0, rank: int = 0, world: int = 1,
+            heatmaps: str | os.PathLike | None = None) -> None:
+        """Score this process's blocks (`index % world == rank`, then split among `num_workers` decode workers);
+        with `heatmaps` (a folder), draw each scored image's heat map there (see `score_blocks`)."""
+        reader = BlockReader.for_scorer(scorer, keep_images=heatmaps is not None)
+        dataset = BlockDataset(self.items, self.todo, self.block_size, reader, rank, world)
         progress = self.progress(f"rank {rank}" if world > 1 else "", share=1 / world)
         try:
             batches = loader(dataset, num_workers, pin_memory=scorer.device.type == "cuda")
-            score_blocks(scorer, batches, self.store.write, progress.update)
+            score_blocks(scorer, batches, self.store.write, progress.update, heatmaps)
         finally:
             progress.close()
 

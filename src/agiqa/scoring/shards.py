@@ -21,7 +21,7 @@ from agiqa.errors import AgiqaError
 
 FORMATS = ("parquet", "csv", "jsonl")
 COLUMNS = ("image", "prompt", "score", "error")
-TEXT_COLUMNS = ("image", "prompt", "error")
+TEXT_COLUMNS = ("image", "prompt", "error", "heatmap")
 DIGEST_CHARS = 12
 _SHARD = re.compile(r"^part-(\d+)-([0-9a-f]+)\.(parquet|csv|jsonl)$")
 

@@ -11,14 +11,17 @@ import functools
 import hashlib
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from agiqa.data.images import DEFAULT_MAX_PIXELS, decode_image
 from agiqa.errors import AgiqaError, ImageLoadError
+from agiqa.scoring.heatmap import heatmap_file, write_overlay
 from agiqa.scoring.sources import ScoreItem, TarMember, block_digest, iter_items
 
 NO_PROMPT = "no prompt for this image (the model compares each image with its prompt)"
@@ -65,9 +68,10 @@ class BlockReader:
         self.keep_images, self.max_pixels, self.hash_images = keep_images, max_pixels, hash_images
 
     @classmethod
-    def for_scorer(cls, scorer) -> "BlockReader":
+    def for_scorer(cls, scorer, keep_images: bool = False) -> "BlockReader":
+        """The reader `scorer` needs (decoded images kept for its semantic encoder, or when `keep_images`)."""
         return cls(scorer.preprocess, scorer.batch_size, needs_prompt=scorer.needs_prompt,
-                   keep_images=scorer.encoder is not None, max_pixels=scorer.max_pixels,
+                   keep_images=keep_images or scorer.encoder is not None, max_pixels=scorer.max_pixels,
                    hash_images=scorer.features is not None)
 
     def batches(self, index: int, digest: str, block: list[ScoreItem]) -> Iterator[dict]:
@@ -145,25 +149,36 @@ def loader(dataset: BlockDataset, num_workers: int, pin_memory: bool = False) ->
 
 
 def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, str, dict], None],
-                 on_batch: Callable[[int, int], None] = lambda scored, failed: None) -> None:
+                 on_batch: Callable[[int, int], None] = lambda scored, failed: None,
+                 heatmaps: str | os.PathLike | None = None) -> None:
     """Score `batches` with `scorer` (`Scorer.predict_columns`: score, and gate weights and per-expert scores where
     the model has experts), collect each block's rows and hand a finished block to `write_block(index, digest,
-    columns)`; `on_batch(n_scored, n_failed)` reports progress."""
+    columns)`; `on_batch(n_scored, n_failed)` reports progress. With `heatmaps` (a folder; batches must keep their
+    images), each scored image's heat map is drawn there and named in column `heatmap`."""
     names = ["score"] + [f"{kind}_{name}" for name in scorer.expert_names for kind in ("gate", "expert")]
+    text = ["image", "prompt", "error"] + ["heatmap"] * (heatmaps is not None)
     pending: dict[int, dict[str, list]] = {}
     for batch in batches:
         batch, feature_keys = _with_features(scorer, batch)
         values = {name: np.full(len(batch["keys"]), np.nan) for name in names}
+        drawn: list[str | None] = [None] * len(batch["keys"])
         if batch["good"]:
-            predicted = scorer.predict_columns(batch["inputs"], batch["images"], batch["good_prompts"], feature_keys)
+            predicted = scorer.predict_columns(batch["inputs"], batch["images"], batch["good_prompts"], feature_keys,
+                                               patch_maps=heatmaps is not None)
             for name in names:
                 values[name][batch["good"]] = predicted[name]
-        rows = pending.setdefault(batch["block"], {name: [] for name in ["image", "prompt", *names, "error"]})
+            if heatmaps is not None:
+                for position, image, patch_map in zip(batch["good"], batch["images"], predicted["patch_map"]):
+                    drawn[position] = str(heatmap_file(heatmaps, batch["keys"][position]))
+                    write_overlay(Path(drawn[position]), image, patch_map)
+        rows = pending.setdefault(batch["block"], {name: [] for name in ["image", "prompt", *names, *text[2:]]})
         rows["image"] += batch["keys"]
         rows["prompt"] += batch["prompts"]
         for name in names:
             rows[name] += [None if math.isnan(value) else float(value) for value in values[name]]
         rows["error"] += batch["errors"]
+        if heatmaps is not None:
+            rows["heatmap"] += drawn
         on_batch(len(batch["good"]), len(batch["keys"]) - len(batch["good"]))
         if batch["last"]:
             write_block(batch["block"], batch["digest"], pending.pop(batch["block"]))

@@ -1,0 +1,122 @@
+"""The service under concurrent clients: requests share model batches and each gets its own scores back, the
+event loop stays free while the model works, a full queue answers 503 + Retry-After, a slow answer 504."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+httpx = pytest.importorskip("httpx")
+
+from agiqa.models import create_model  # noqa: E402
+from agiqa.scoring.scorer import Scorer  # noqa: E402
+from agiqa.service.app import create_app  # noqa: E402
+from agiqa.service.batcher import MicroBatcher, QueueFull  # noqa: E402
+from agiqa.service.limits import ServiceLimits  # noqa: E402
+
+from ._server import serving  # noqa: E402
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def scorer():
+    torch.manual_seed(0)
+    return Scorer(create_model("test_maniqa").eval(), device="cpu", precision="fp32", batch_size=8)
+
+
+class Gate:
+    """Wraps `scorer.predict_columns`: records batch sizes, and holds every batch until `open` is set."""
+
+    def __init__(self, scorer):
+        self.predict, self.sizes = scorer.predict_columns, []
+        self.open, self.entered = threading.Event(), threading.Event()
+        scorer.predict_columns = self
+
+    def __call__(self, inputs, *args, **kwargs):
+        self.entered.set()
+        self.open.wait(30)
+        self.sizes.append(len(next(iter(inputs.values()))))
+        return self.predict(inputs, *args, **kwargs)
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_scores(scorer):
+    direct = scorer.score([png(i) for i in range(24)]).scores
+    gate = Gate(scorer)
+    with serving(create_app(scorer, "tiny", ServiceLimits(max_batch=8, max_wait_ms=20))) as url:
+        def post(i):
+            with httpx.Client(base_url=url, timeout=60) as http:
+                return http.post("/score", files=[("images", (f"{i}.png", png(i), "image/png"))]).json()
+
+        with ThreadPoolExecutor(24) as pool:
+            futures = [pool.submit(post, i) for i in range(24)]
+            gate.entered.wait(30)
+            time.sleep(0.5)  # the other requests queue up behind the held first batch
+            gate.open.set()
+            answers = [future.result() for future in futures]
+    scores = [answer["results"][0]["score"] for answer in answers]
+    assert [answer["results"][0]["filename"] for answer in answers] == [f"{i}.png" for i in range(24)]
+    assert scores == pytest.approx(direct.tolist(), abs=1e-5)  # nobody got a neighbour's score
+    assert sum(gate.sizes) == 24 and max(gate.sizes) == 8 and len(gate.sizes) < 24
+
+
+def test_health_answers_while_the_model_is_busy(scorer):
+    gate = Gate(scorer)
+    with serving(create_app(scorer, "tiny")) as url, ThreadPoolExecutor(1) as pool:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            busy = pool.submit(http.post, "/score", files=[("images", ("a.png", png(0), "image/png"))])
+            assert gate.entered.wait(30)
+            started = time.perf_counter()
+            health = http.get("/health")
+            seconds = time.perf_counter() - started
+            gate.open.set()
+            assert busy.result().status_code == 200
+    assert health.status_code == 200 and health.json()["queued_images"] == 1 and seconds < 1.0
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_slow_answer_504(scorer):
+    gate = Gate(scorer)
+    limits = ServiceLimits(max_batch=2, max_images=2, max_queue=2, timeout_s=1.0)
+    with serving(create_app(scorer, "tiny", limits)) as url, ThreadPoolExecutor(1) as pool:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            two = [("images", (f"{i}.png", png(i), "image/png")) for i in range(2)]
+            held = pool.submit(http.post, "/score", files=two)
+            assert gate.entered.wait(30)
+            full = http.post("/score", files=two[:1])
+            slow = held.result()  # held past timeout_s
+            gate.open.set()
+            time.sleep(0.2)
+            after = http.post("/score", files=two[:1])
+    assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1 and "max_queue 2" in full.json()["detail"]
+    assert slow.status_code == 504 and "timeout_s" in slow.json()["detail"]
+    assert after.status_code == 200  # the queue drained; the service goes on
+
+
+def test_timed_out_requests_are_not_scored():
+    calls = []
+
+    class Fake:
+        def predict_columns(self, inputs, images, prompts, patch_maps=False):
+            calls.append(inputs["x"].tolist())
+            return {"score": inputs["x"].float().numpy()}
+
+    batcher = MicroBatcher(Fake(), max_batch=4, max_wait_ms=50, max_queue=4)
+    cancelled = batcher.submit({"x": torch.tensor([1, 2])}, [None, None])
+    assert cancelled.cancel()  # what a 504 does before the batch is taken
+    kept = batcher.submit({"x": torch.tensor([3])}, [None])
+    assert kept.result(10)["score"].tolist() == [3.0] and calls == [[3]]
+    assert batcher.waiting == 0
+    with pytest.raises(QueueFull):
+        batcher.submit({"x": torch.arange(5)}, [None] * 5)
+    batcher.close()
