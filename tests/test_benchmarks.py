@@ -69,3 +69,14 @@ def test_bench_score_prints_end_to_end_against_model_only_and_peak_rss(tmp_path,
     assert "tiny     workers 1" in out and "peak RSS scoring 30 images" in out
     shards = list(tmp_path.glob("*/part-*.parquet"))
     assert len(shards) == 2  # one per end-to-end run: the job really wrote its output
+
+
+def test_bench_serve_loads_a_real_server_and_reports_latency_throughput_and_memory(tmp_path, capsys):
+    rows = load_script("bench_serve").main(["--out", str(tmp_path), "--models", "tiny", "--requests", "24",
+                                            "--clients", "6", "--sequential", "6", "--size", "64"])
+    sequential, concurrent = rows
+    assert (sequential["mode"], sequential["requests"], concurrent["clients"]) == ("sequential", 6, 6)
+    assert sequential["failed"] == concurrent["failed"] == 0
+    assert all(0 < p50 <= p99 for p50, _, p99 in (sequential["latency_ms"], concurrent["latency_ms"]))
+    assert concurrent["mean_batch"] >= 1 and concurrent["ratio"] > 0 and min(concurrent["rss_mb"]) > 50
+    assert "concurrent" in capsys.readouterr().out
