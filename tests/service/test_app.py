@@ -213,3 +213,4 @@ def test_page_metrics_and_info(limited):
     assert 'agiqa_requests_total{path="/score",status="422"}' in text
     assert 'agiqa_image_errors_total{kind="decode"}' in text
     assert "agiqa_batch_size_bucket" in text and "agiqa_request_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text

@@ -3,7 +3,6 @@
 score, rank, gate weights and heat map from the page. Skipped, saying why, only where no Chromium is installed."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import socket

@@ -1,5 +1,5 @@
 """Prometheus metrics of the service (GET /metrics): requests by status, image errors by kind, model batch sizes,
-request latency and queue depth, in one registry per app."""
+request latency, queue depth and the process's memory and CPU, in one registry per app."""
 from __future__ import annotations
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -10,9 +10,10 @@ class ServiceMetrics:
     """Counters and histograms of one app; `exposition()` is the Prometheus text format."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds, open files (Linux)
         self.requests = Counter("agiqa_requests", "HTTP requests by path and status code", ["path", "status"],
                                 registry=self.registry)
         self.image_errors = Counter("agiqa_image_errors", "images that could not be scored, by kind", ["kind"],
