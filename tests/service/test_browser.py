@@ -41,7 +41,7 @@ def served(tmp_path):
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "agiqa", "serve", str(tmp_path / "model"), "--port", str(port),
-                                "--device", "cpu", "--precision", "fp32"], stdout=subprocess.PIPE,
+                                "--device", "cpu", "--precision", "fp32", "--max-images", "5", "--max-upload-mb", "2"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,6 +83,9 @@ def test_the_page_scores_a_dropped_image_and_shows_its_heat_map(served, browser,
         path = tmp_path / f"generated_{seed}.png"
         Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
         images.append(path)
+
+    limits = httpx.get(f"{url}/info").json()["limits"]  # the command line's limits reached the service
+    assert (limits["max_images"], limits["max_upload_bytes"]) == (5, 2 * 2**20)
 
     browser.get(url + "/")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").text.startswith("model:"))
