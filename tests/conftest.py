@@ -37,6 +37,32 @@ def _torch_threads_restored():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """`reproduce` of a tiny MA-AGIQA (MANIQA expert only) on 200 synthetic images, 2 seeds x 1 epoch, as the paper
+    model `ma_agiqa`: (synth root, output folder, its results table). Trained once for the reproduction test and
+    the report tests."""
+    from agiqa.data.synth import generate_synthetic
+    from agiqa.training.config import TrainConfig
+    from agiqa.training.reproduce import reproduce
+
+    work = tmp_path_factory.mktemp("reproduced")
+    root = work / "synth"
+    generate_synthetic(root, n=200, seed=5, image_size=32)
+    config = TrainConfig.from_dict({
+        "model": {"name": "test_ma_agiqa", "kwargs": {"semantic_experts": []}},
+        "data": {"dataset": "agiqa3k", "root": str(root), "image_size": 32, "batch_size": 8, "eval_batch_size": 16,
+                 "image_cache": str(work / "cache")},
+        "optim": {"lr": 1e-3},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "precision": "32-true", "seed": 0},
+        "output_dir": str(work / "run"),
+    })
+    config.to_yaml(work / "agiqa3k.yaml")
+    table = reproduce(work / "agiqa3k.yaml", str(root), seeds=2, out_dir=work / "repro", progress=False,
+                      paper_model="ma_agiqa")
+    return root, work / "repro", table
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's temporary home (caches the tests wrote)."""
     import shutil

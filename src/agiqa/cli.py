@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "agiqa.training.prior",
     "agiqa.scoring.cli",
     "agiqa.service.app",
+    "agiqa.report.cli",
     "agiqa.demo",
 )
 

@@ -154,6 +154,8 @@ def summarize_runs(runs: Sequence[Mapping[str, object]]) -> dict[str, dict[str, 
 
 
 def _cell(value, digits: int) -> str:
+    if value is None:  # an undefined metric (NaN, stored as null in metrics.json)
+        return "nan"
     if isinstance(value, Mapping):
         return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
     return f"{value:.{digits}f}"

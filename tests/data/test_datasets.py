@@ -32,7 +32,7 @@ def test_real_label_files_with_stand_in_images(shared_data, tmp_path, dataset):
 
     frame = load_dataset(dataset, root)
     assert len(frame) == REAL_ROWS[dataset]
-    assert tuple(frame.columns) == COLUMNS
+    assert tuple(frame.columns) == COLUMNS + tuple(get_dataset_info(dataset).attributes)
     assert frame["mos"].dtype == float and frame["mos"].notna().all()
     assert frame.attrs == {"dataset": dataset, "target": "quality", "root": str(root.resolve())}
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in frame["path"])
@@ -43,6 +43,8 @@ def test_agiqa3k_columns_and_targets(shared_data, tmp_path):
     root = make_root(shared_data, "agiqa3k", tmp_path)
     quality = load_dataset("agiqa3k", root, check_files=False)
     align = load_dataset("agiqa3k", root, target="alignment", check_files=False)
+    styles = quality["style"][quality["style"] != ""]  # prompt attributes, for per-attribute reports
+    assert len(styles) > 1000 and styles.nunique() > 3 and (quality["adj1"] != "").sum() > 500
     raw = pd.read_csv(root / "data.csv")
     assert quality["mos"].tolist() == raw["mos_quality"].tolist()
     assert align["mos"].tolist() == raw["mos_align"].tolist() and align.attrs["target"] == "alignment"

@@ -40,9 +40,10 @@ def served(tmp_path):
     torch.manual_seed(0)
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "agiqa", "serve", str(tmp_path / "model"), "--port", str(port),
-                                "--device", "cpu", "--precision", "fp32", "--max-images", "5", "--max-upload-mb", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [sys.executable, "-m", "agiqa", "serve", str(tmp_path / "model"), "--port", str(port), "--device",
+               "cpu", "--precision", "fp32", "--max-images", "5", "--max-upload-mb", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -12,7 +12,6 @@ from agiqa.data.synth import generate_synthetic
 from agiqa.demo import DEMO_CONFIG, cosine_steps, run_demo
 from agiqa.semantic import FeatureCache
 from agiqa.training.config import TrainConfig
-from agiqa.training.reproduce import reproduce
 from agiqa.training.run import train
 
 from test_training import tiny_config
@@ -44,17 +43,13 @@ def test_demo_with_a_local_vlm_extracts_features_on_demand_and_trains_all_expert
     assert results["metrics"]["n_scored"] == 8
 
 
-def test_reproduce_runs_each_seed_and_tables_mean_and_std(tmp_path):
-    root = tmp_path / "synth"
-    generate_synthetic(root, n=40, seed=5, image_size=32)
-    config_path = tmp_path / "agiqa3k.yaml"
-    tiny_config(root, tmp_path).to_yaml(config_path)
-    table = reproduce(config_path, str(root), seeds=2, out_dir=tmp_path / "repro", progress=False,
-                      paper_model="ma_agiqa")
-    runs = json.loads((tmp_path / "repro" / "runs.json").read_text())
+def test_reproduce_runs_each_seed_and_tables_mean_and_std(reproduced):
+    _, out, table = reproduced
+    runs = json.loads((out / "runs.json").read_text())
     assert len(runs["runs"]) == 2 and runs["summary"]["srcc"]["runs"] == 2
-    first = TrainConfig.from_yaml(tmp_path / "repro" / "seed20" / "config.yaml")
-    second = TrainConfig.from_yaml(tmp_path / "repro" / "seed21" / "config.yaml")
+    assert (runs["model"], runs["experiment"], runs["seeds"]) == ("ma_agiqa", "agiqa3k", [20, 21])
+    first = TrainConfig.from_yaml(out / "seed20" / "config.yaml")
+    second = TrainConfig.from_yaml(out / "seed21" / "config.yaml")
     assert (first.data.split_method, first.data.split_seed) == ("official", 20)
     assert (second.data.split_method, second.data.split_seed) == ("random", 21)
     assert "| SRCC |" in table and "±" in table and "0.8939" in table  # the paper's AGIQA-3K number beside ours

@@ -46,6 +46,7 @@ class DatasetInfo:
     generator_pattern: str | None = None
     prompts_file: dict | None = None
     generators_file: dict | None = None
+    attributes: tuple[str, ...] = ()
     url: str = ""
 
     def target_column(self, target: str | None) -> str:
@@ -101,6 +102,7 @@ class _Spec:
     generator_pattern: str | None = None
     prompts_file: dict | None = None
     generators_file: dict | None = None
+    attributes: tuple[str, ...] = ()  # prompt-attribute columns kept in the frame when the label file has them
     option_names: dict[str, str] = field(default_factory=dict)  # column role -> how the user named it
 
 
@@ -111,7 +113,8 @@ def load_dataset(
     check_files: bool = True,
     **opts,
 ) -> pd.DataFrame:
-    """Read and validate a dataset's labels into a DataFrame with columns `COLUMNS`.
+    """Read and validate a dataset's labels into a DataFrame with columns `COLUMNS` (and the benchmark's prompt
+    attribute columns where it has them, e.g. AGIQA-3K's style, adj1, adj2).
 
     name: a registered benchmark (`list_datasets()`) or "csv" for a generic label file, which takes
     `csv=PATH, image_col="image", score_col="mos", prompt_col=None, generator_col=None` (root defaults to the
@@ -167,6 +170,7 @@ def _resolve_spec(name: str, root, target: str | None, opts: dict) -> _Spec:
         generator_pattern=info.generator_pattern,
         prompts_file=info.prompts_file,
         generators_file=info.generators_file,
+        attributes=tuple(info.attributes),
         option_names={"mos": f"MOS of target {target!r}"},
     )
 
@@ -345,6 +349,9 @@ def _build_frame(table: pd.DataFrame, spec: _Spec, side: dict[str, pd.Series]) -
     )
     for column, values in side.items():
         frame[column] = values.to_numpy()
+    for column in spec.attributes:
+        if column in table.columns and column not in frame.columns:
+            frame[column] = table[column].reset_index(drop=True)
     return frame
 
 

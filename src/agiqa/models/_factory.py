@@ -55,7 +55,11 @@ def saved_architecture(model_dir: str | os.PathLike) -> str:
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
-    config = json.loads(config_file.read_text())
+    return config_architecture(json.loads(config_file.read_text()))
+
+
+def config_architecture(config: dict) -> str:
+    """The registered architecture a config dict belongs to (see `saved_architecture`)."""
     if "freeze_ratio" in config:
         return "moe_agiqa_prior"
     if "num_experts" in config:
@@ -81,3 +85,21 @@ def model_explanation(model: nn.Module, batch: dict) -> dict:
 
 def _model_inputs(model: nn.Module, batch: dict) -> list:
     return [batch.get(name) for name in getattr(model, "input_names", ("image",))]
+
+
+def has_patch_map(model: nn.Module) -> bool:
+    """True when the model can say where its score comes from: MANIQA's per-patch scores (MANIQA, and MA-AGIQA
+    with its MANIQA expert)."""
+    from agiqa.models.maniqa import Maniqa
+
+    model = getattr(model, "_orig_mod", model)  # under torch.compile
+    return isinstance(model, Maniqa) and bool(getattr(model.config, "use_maniqa", True))
+
+
+def patch_maps(model: nn.Module, images):
+    """MANIQA's per-patch score x weight (B, H, W) of normalised images (the model's `image` input); needs
+    `has_patch_map(model)`. MA-AGIQA's MANIQA expert needs no semantic features for it."""
+    from agiqa.models.maniqa import Maniqa
+
+    model = getattr(model, "_orig_mod", model)
+    return model.grid_map(Maniqa.forward_features(model, images))

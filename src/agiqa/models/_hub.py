@@ -52,5 +52,15 @@ class AgiqaHubMixin(PyTorchModelHubMixin):
         model.to(map_location)
         return model.eval()
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card_kwargs: dict | None = None,
+                        **kwargs):
+        """`config.json` + `model.safetensors` + README.md, a model card (`agiqa.models._card`; replaced on every
+        save). `model_card_kwargs` may give `training` (data, split) and `metrics` (as in metrics.json)."""
+        from agiqa.models._card import write_model_card
+
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        write_model_card(self, save_directory, **(model_card_kwargs or {}))
+        return super().save_pretrained(save_directory, **kwargs)
+
     def loaded_from(self, model_id: str) -> None:
         """Hook run after the weights of ``model_id`` are loaded (e.g. to find files saved beside them)."""

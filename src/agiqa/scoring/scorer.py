@@ -194,10 +194,9 @@ class Scorer:
     @property
     def has_patch_map(self) -> bool:
         """True when the model can say where its score comes from (MANIQA and MA-AGIQA with the MANIQA expert)."""
-        from agiqa.models.maniqa import Maniqa
+        from agiqa.models._factory import has_patch_map
 
-        model = getattr(self.model, "_orig_mod", self.model)  # under torch.compile
-        return isinstance(model, Maniqa) and bool(getattr(model.config, "use_maniqa", True))
+        return has_patch_map(self.model)
 
     def _device_batch(self, inputs: dict, pil_images: Sequence | None, prompts: Sequence[str] | None,
                       feature_keys: Sequence[str] | None = None) -> dict:

@@ -66,7 +66,7 @@ def _print_overall(metrics: dict, out_dir) -> None:
     overall = metrics["overall"]
     values = "  ".join(f"{key.upper()} {format_value(overall.get(key))}" for key in METRIC_KEYS)
     print(f"test ({overall.get('n')} images): {values}")
-    print(f"results in {out_dir}")
+    print(f"results in {out_dir} (figures, per-generator tables, worst cases: agiqa report {out_dir})")
 
 
 def _register_evaluate(subparsers) -> None:

@@ -14,16 +14,23 @@ from agiqa.metrics import compute_metrics
 METRIC_KEYS = ("srcc", "plcc", "krcc", "rmse")
 
 
-def predictions_frame(frame: pd.DataFrame, rows, predictions) -> pd.DataFrame:
-    """One row per scored image: name, generator, prompt, MOS, prediction."""
+def predictions_frame(frame: pd.DataFrame, rows, predictions, extra: dict | None = None) -> pd.DataFrame:
+    """One row per scored image: name, path, generator, prompt, the dataset's prompt attributes (if any), MOS,
+    prediction, then `extra` columns (per-expert gates and scores)."""
     picked = frame.iloc[list(rows)]
-    return pd.DataFrame({
+    attributes = [column for column in frame.columns if column not in ("name", "path", "generator", "prompt", "mos")]
+    table = pd.DataFrame({
         "name": picked["name"].to_numpy(),
+        "path": picked["path"].to_numpy(),
         "generator": picked["generator"].to_numpy(),
         "prompt": picked["prompt"].to_numpy(),
+        **{column: picked[column].to_numpy() for column in attributes},
         "mos": picked["mos"].to_numpy(dtype=float),
         "prediction": np.asarray(predictions, dtype=float),
     })
+    for name, values in (extra or {}).items():
+        table[name] = np.asarray(values, dtype=float)
+    return table
 
 
 def evaluation_metrics(predictions: pd.DataFrame, min_group: int = 5) -> dict:

@@ -49,8 +49,10 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
         config.output_dir = str(out / f"seed{seed}")
         runs.append(train(config, progress=progress)["overall"])
     summary = summarize_runs(runs)
-    (out / "runs.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
-    table = results_table(paper_model or config.model.name, Path(config_path).stem, summary, len(runs))
+    model, experiment = paper_model or config.model.name, Path(config_path).stem
+    (out / "runs.json").write_text(json.dumps({"model": model, "experiment": experiment, "seeds": seed_list(seeds),
+                                               "runs": runs, "summary": summary}, indent=2))
+    table = results_table(model, experiment, summary, len(runs))
     (out / "results.md").write_text(table)
     return table
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from agiqa._files import torch_load_weights_only, untrusted_file_error
+from agiqa.models._card import write_model_card
 from agiqa.models._config import without_weight_sources
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
@@ -142,7 +143,23 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if logs:  # this session's log (one folder per session; --resume starts a new one)
         training_curves_plot(logs[-1], out / "training_curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(module.model, out / "model", training_record(config, datamodule), metrics)
     return metrics
+
+
+def training_record(config: TrainConfig, datamodule: AGIQADataModule) -> dict:
+    """What the model card says of the training: data, target, split and its sizes, recipe, where the run is."""
+    split = datamodule.fit_data.split
+    data = config.data
+    return {"dataset": f"{data.dataset} (root {data.root})" + (f", labels {data.csv}" if data.csv else ""),
+            "target": data.target or "the dataset's default",
+            "split": f"{split.method}, seed {split.seed}: {len(split.train)} train / {len(split.val)} validation / "
+                     f"{len(split.test)} test images (indices in the run's split.json)",
+            "recipe": f"{config.trainer.max_epochs} epochs, batch {data.batch_size}, lr {config.optim.lr}, "
+                      f"seed {config.trainer.seed}",
+            "best epoch chosen on": "the test split (--official-quirks)" if datamodule.select_on_test
+            else "the validation split",
+            "run": str(Path(config.output_dir).resolve())}
 
 
 def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
@@ -197,25 +214,36 @@ def load_trained_module(checkpoint: str | Path) -> IQAModule:
 
 
 def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | None = None,
-                 precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """(rows, predictions) for every batch of an evaluation loader."""
+                 precision: str = "auto") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rows, columns) for every batch of an evaluation loader: `prediction`, and for models with experts
+    `gate_<expert>` / `expert_<expert>` from the same forward pass (`model.explain`, as `agiqa score` does)."""
+    from agiqa.models._factory import expert_names, model_explanation
+
     device = resolve_device(device)
     model = prepare_model(model, device)
-    rows, preds = [], []
+    experts = expert_names(model)
+    rows, parts = [], []
     for batch in loader:
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
         with inference_context(precision, device):
-            scores = model_scores(model, inputs)
+            if experts:
+                explained = model_explanation(model, inputs)
+                part = {"prediction": explained["score"]}
+                for index, name in enumerate(experts):
+                    part[f"gate_{name}"] = explained["gate"][:, index]
+                    part[f"expert_{name}"] = explained["expert_score"][:, index]
+            else:
+                part = {"prediction": model_scores(model, inputs)}
         rows.append(batch["row"].numpy())
-        preds.append(scores.float().cpu().numpy())
-    return np.concatenate(rows), np.concatenate(preds)
+        parts.append({name: value.float().cpu().numpy() for name, value in part.items()})
+    return np.concatenate(rows), {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir: str | Path, title: str = "",
                     device: str | None = None, precision: str = "auto") -> dict:
     """Score the datamodule's test part and write predictions, metrics, report and plot into `out_dir`."""
-    rows, preds = predict_rows(model, datamodule.test_dataloader(), device, precision)
-    predictions = predictions_frame(datamodule.test_data.frame, rows, preds)
+    rows, columns = predict_rows(model, datamodule.test_dataloader(), device, precision)
+    predictions = predictions_frame(datamodule.test_data.frame, rows, columns.pop("prediction"), columns)
     metrics = write_evaluation(predictions, out_dir, title=title)
     metrics["n_scored"] = int(len(rows))
     metrics["n_test"] = int(len(datamodule.test_data.split.test))

@@ -1,0 +1,91 @@
+"""What `agiqa report` reads: an evaluation run (`agiqa train` / `agiqa evaluate` output: predictions.csv with MOS),
+a reproduction (`agiqa reproduce`: runs.json), or scores (`agiqa score` output: a shard folder or a .csv / .parquet
+/ .jsonl file)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from agiqa.errors import AgiqaError
+
+SCORE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+
+@dataclass
+class Run:
+    """One run to report on. `table`: predictions (evaluation) or score rows (score); `summary`: reproduce's
+    runs.json; `model_dir`: the run's saved model, where it has one (for heat maps)."""
+
+    path: Path
+    kind: str
+    table: pd.DataFrame | None = None
+    metrics: dict | None = None
+    summary: dict | None = None
+    model_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path.name not in ("", ".") else str(self.path)
+
+    @property
+    def gate_columns(self) -> list[str]:
+        return [c for c in self.table.columns if c.startswith("gate_")] if self.table is not None else []
+
+
+def load_run(path: str | Path) -> Run:
+    """The run at `path`, of whichever kind it is; an `AgiqaError` naming the path when it is none of them."""
+    path = Path(path)
+    if not path.exists():
+        raise AgiqaError(f"{path}: no such run directory or file")
+    if path.is_dir() and (path / "predictions.csv").is_file():
+        return _evaluation(path)
+    if path.is_dir() and (path / "runs.json").is_file():
+        return Run(path, "reproduce", summary=json.loads((path / "runs.json").read_text()))
+    if path.is_dir() and (path / "_manifest.json").is_file():
+        return _scores(path, _shard_folder(path))
+    if path.is_file() and path.suffix.lower() in SCORE_SUFFIXES:
+        return _scores(path, _score_file(path))
+    raise AgiqaError(f"{path}: not a run agiqa can report on (expected a folder with predictions.csv from `agiqa "
+                     "train` / `agiqa evaluate`, runs.json from `agiqa reproduce`, an `agiqa score` output folder "
+                     "with _manifest.json, or a scores .csv / .parquet / .jsonl)")
+
+
+def _evaluation(path: Path) -> Run:
+    table = pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""])
+    missing = {"mos", "prediction"} - set(table.columns)
+    if missing:
+        raise AgiqaError(f"{path / 'predictions.csv'}: missing column(s) {sorted(missing)}")
+    for column in ("generator", "prompt"):
+        if column in table:
+            table[column] = table[column].fillna("").astype(str)
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else None
+    model_dir = path / "model" if (path / "model" / "config.json").is_file() else None
+    return Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
+
+
+def _scores(path: Path, table: pd.DataFrame) -> Run:
+    if "score" not in table.columns:
+        raise AgiqaError(f"{path}: no `score` column (columns: {list(table.columns)})")
+    return Run(path, "score", table=table)
+
+
+def _shard_folder(path: Path) -> pd.DataFrame:
+    from agiqa.scoring.shards import FORMATS, ShardStore
+
+    formats = {part.suffix.lstrip(".") for part in path.glob("part-*")} & set(FORMATS)
+    if len(formats) != 1:
+        raise AgiqaError(f"{path}: expected shards of one format (part-*.parquet/.csv/.jsonl), found "
+                         f"{sorted(formats) or 'none'}")
+    return ShardStore(path, formats.pop()).read()
+
+
+def _score_file(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".jsonl":
+        return pd.read_json(path, lines=True)
+    return pd.read_csv(path)

@@ -1,0 +1,109 @@
+"""`agiqa report` on real runs: a 2-seed reproduction of a tiny MA-AGIQA on synthetic data (two evaluation runs
+with saved models, and the reproduction itself) plus `agiqa score --explain` output of one of its models."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from agiqa.cli import main
+from agiqa.metrics import compute_metrics
+from agiqa.report.figures import SIZE
+from agiqa.report.runs import load_run
+from agiqa.report.tables import error_histogram, group_metrics
+
+EVALUATION_SECTIONS = ["summary", "scatter", "error-density", "per-generator", "per-style", "per-adj1", "per-adj2",
+                       "gates", "worst"]
+SCORE_SECTIONS = ["summary", "score-histogram", "best-of-n", "lowest", "gates"]
+
+
+@pytest.fixture(scope="module")
+def report(reproduced, tmp_path_factory):
+    """The report of seed 20, seed 21, the reproduction and scores of seed 20's model over the synthetic images."""
+    root, repro, _ = reproduced
+    work = tmp_path_factory.mktemp("report")
+    labels = pd.read_csv(root / "data.csv")
+    labels[["name", "prompt"]].rename(columns={"name": "image"}).to_csv(work / "prompts.csv", index=False)
+    assert main(["score", str(repro / "seed20" / "model"), str(root), "--prompts", str(work / "prompts.csv"),
+                 "--out", str(work / "scores"), "--explain", str(work / "maps"), "--device", "cpu",
+                 "--workers", "0"]) == 0
+    runs = [repro / "seed20", repro / "seed21", repro, work / "scores"]
+    assert main(["report", *map(str, runs), "--out", str(work / "out"), "--worst", "4"]) == 0
+    return work / "out", repro, work
+
+
+def test_the_page_has_every_section_and_every_figure_is_a_png_of_the_promised_size(report):
+    out, _, _ = report
+    page = (out / "report.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)" data-section="([^"]+)"', page)
+    by_run = {}
+    for key, name in sections:
+        by_run.setdefault(key.split("-", 1)[0], []).append(name)
+    assert by_run == {"all": ["comparison"], "run1": EVALUATION_SECTIONS, "run2": EVALUATION_SECTIONS,
+                      "run3": ["seeds"], "run4": SCORE_SECTIONS}
+    referenced = re.findall(r'data-file="figures/([^"]+)"', page)
+    on_disk = sorted(path.name for path in (out / "figures").iterdir())
+    assert sorted(referenced) == on_disk and len(on_disk) >= 20
+    for name in on_disk:
+        with Image.open(out / "figures" / name) as image:
+            assert image.format == "PNG" and image.size == SIZE, name
+            assert np.asarray(image.convert("L")).std() > 5, name  # something is drawn
+    assert not re.search(r'src="https?:', page)  # self-contained: opens offline
+    evaluations, scores = page[:page.index('id="run3-')], page[page.index('id="run4-lowest"'):]
+    assert evaluations.count('class="heatmap"') == 8  # worst 4 of each evaluation run, with MANIQA heat maps
+    assert scores.count('class="heatmap"') == 4  # from `score --explain`'s heatmap column
+    assert "0.8939" in page  # the paper's AGIQA-3K SRCC beside our mean ± std
+
+
+def test_fig6_bins_hold_every_image_once(report):
+    out, repro, _ = report
+    predictions = pd.read_csv(repro / "seed20" / "predictions.csv")
+    edges, counts = error_histogram(predictions["prediction"], predictions["mos"])
+    assert counts.sum() == len(predictions) and np.allclose(np.diff(edges[:-1]), 0.1)
+    assert f"{len(predictions)} images in {len(counts)} bins" in (out / "report.html").read_text()
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(0, 5, 500)
+    edge_cases = np.concatenate([mos[:100], mos[100:200] + 0.3, mos[200:] + rng.uniform(-2, 2, 300)])  # exact 0.3s
+    for prediction in (mos, edge_cases):
+        assert error_histogram(prediction, mos)[1].sum() == 500
+
+
+def test_per_generator_table_is_compute_metrics_on_each_group(report):
+    out, repro, _ = report
+    predictions = load_run(repro / "seed20").table
+    written = pd.read_csv(out / "tables" / "run1-per-generator.csv", index_col=0)
+    assert list(written.index) == sorted(g for g, group in predictions.groupby("generator") if len(group) >= 5)
+    for generator, row in written.iterrows():
+        group = predictions[predictions["generator"] == generator]
+        expected = compute_metrics(group["prediction"], group["mos"])
+        assert row["n"] == len(group)
+        for key in ("srcc", "plcc", "krcc", "rmse"):
+            assert row[key] == pytest.approx(expected[key], abs=1e-9, nan_ok=True), (generator, key)
+    assert group_metrics(predictions, "generator").index.tolist() == written.index.tolist()
+
+
+def test_a_trained_model_directory_has_a_model_card_that_says_how_it_was_made(reproduced):
+    _, repro, _ = reproduced
+    card = (repro / "seed20" / "model" / "README.md").read_text()
+    metrics = json.loads((repro / "seed20" / "metrics.json").read_text())
+    for part in ("# ma_agiqa", "## Architecture", "## Configuration", "## Training data and split",
+                 "official, seed 20", "## Metrics", f"{metrics['overall']['srcc']:.4f}", "## How to load",
+                 "library_name: agiqa"):
+        assert part in card, part
+    loading = re.search(r"model = (create_model\(.*\))", card).group(1)
+    from agiqa.models import create_model, saved_architecture  # noqa: F401 - the card's own snippet runs
+
+    loaded = json.loads(json.dumps(eval(loading).config.to_dict()))
+    assert loaded == json.loads((repro / "seed20" / "model" / "config.json").read_text())
+
+
+def test_what_is_not_a_run_is_named(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "missing: no such run" in err and "empty: not a run agiqa can report on" in err
