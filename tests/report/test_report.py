@@ -23,7 +23,8 @@ SCORE_SECTIONS = ["summary", "score-histogram", "best-of-n", "lowest", "gates"]
 
 @pytest.fixture(scope="module")
 def report(reproduced, tmp_path_factory):
-    """The report of seed 20, seed 21, the reproduction and scores of seed 20's model over the synthetic images."""
+    """The report of seed 20, seed 21, the reproduction, scores of seed 20's model over the synthetic images (with
+    heat maps) and `agiqa evaluate` of that model on its test split."""
     root, repro, _ = reproduced
     work = tmp_path_factory.mktemp("report")
     labels = pd.read_csv(root / "data.csv")
@@ -31,7 +32,10 @@ def report(reproduced, tmp_path_factory):
     assert main(["score", str(repro / "seed20" / "model"), str(root), "--prompts", str(work / "prompts.csv"),
                  "--out", str(work / "scores"), "--explain", str(work / "maps"), "--device", "cpu",
                  "--workers", "0"]) == 0
-    runs = [repro / "seed20", repro / "seed21", repro, work / "scores"]
+    assert main(["evaluate", str(repro / "seed20" / "model"), "--dataset", "agiqa3k", "--root", str(root),
+                 "--split-file", str(repro / "seed20" / "split.json"), "--out", str(work / "eval"), "--device",
+                 "cpu"]) == 0
+    runs = [repro / "seed20", repro / "seed21", repro, work / "scores", work / "eval"]
     assert main(["report", *map(str, runs), "--out", str(work / "out"), "--worst", "4"]) == 0
     return work / "out", repro, work
 
@@ -44,7 +48,7 @@ def test_the_page_has_every_section_and_every_figure_is_a_png_of_the_promised_si
     for key, name in sections:
         by_run.setdefault(key.split("-", 1)[0], []).append(name)
     assert by_run == {"all": ["comparison"], "run1": EVALUATION_SECTIONS, "run2": EVALUATION_SECTIONS,
-                      "run3": ["seeds"], "run4": SCORE_SECTIONS}
+                      "run3": ["seeds"], "run4": SCORE_SECTIONS, "run5": EVALUATION_SECTIONS}
     referenced = re.findall(r'data-file="figures/([^"]+)"', page)
     on_disk = sorted(path.name for path in (out / "figures").iterdir())
     assert sorted(referenced) == on_disk and len(on_disk) >= 20
@@ -53,9 +57,11 @@ def test_the_page_has_every_section_and_every_figure_is_a_png_of_the_promised_si
             assert image.format == "PNG" and image.size == SIZE, name
             assert np.asarray(image.convert("L")).std() > 5, name  # something is drawn
     assert not re.search(r'src="https?:', page)  # self-contained: opens offline
-    evaluations, scores = page[:page.index('id="run3-')], page[page.index('id="run4-lowest"'):]
-    assert evaluations.count('class="heatmap"') == 8  # worst 4 of each evaluation run, with MANIQA heat maps
+    trained, scores = page[:page.index('id="run3-')], page[page.index('id="run4-lowest"'):page.index('id="run5-')]
+    evaluated = page[page.index('id="run5-'):]
+    assert trained.count('class="heatmap"') == 8  # worst 4 of each training run, with MANIQA heat maps
     assert scores.count('class="heatmap"') == 4  # from `score --explain`'s heatmap column
+    assert evaluated.count('class="heatmap"') == 4  # `agiqa evaluate` output: its metrics.json names the model
     assert "0.8939" in page  # the paper's AGIQA-3K SRCC beside our mean ± std
 
 
@@ -99,6 +105,15 @@ def test_a_trained_model_directory_has_a_model_card_that_says_how_it_was_made(re
 
     loaded = json.loads(json.dumps(eval(loading).config.to_dict()))
     assert loaded == json.loads((repro / "seed20" / "model" / "config.json").read_text())
+
+
+def test_a_model_saved_by_hand_says_no_training_is_recorded(tmp_path):
+    from agiqa.models import create_model
+
+    create_model("test_moe_agiqa").save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "Not recorded" in card and "No evaluation recorded" in card and "prompts=" in card
+    assert "expert0, expert1, expert2, expert3" in card and "crops" in card
 
 
 def test_what_is_not_a_run_is_named(tmp_path, capsys):

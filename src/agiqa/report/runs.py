@@ -62,7 +62,8 @@ def _evaluation(path: Path) -> Run:
         if column in table:
             table[column] = table[column].fillna("").astype(str)
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else None
-    model_dir = path / "model" if (path / "model" / "config.json").is_file() else None
+    candidates = [path / "model", Path((metrics or {}).get("model_dir") or path / "model")]  # train / evaluate
+    model_dir = next((folder for folder in candidates if (folder / "config.json").is_file()), None)
     return Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
 
 

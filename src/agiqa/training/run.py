@@ -262,6 +262,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
     datamodule.setup("test")
     metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
                               precision=precision)
+    metrics["model_dir"] = str(Path(model_dir).resolve())  # for `agiqa report`'s heat maps
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
