@@ -197,7 +197,7 @@ def run(args) -> None:
                 gflops = per_image(flops, crops) / best / 1e9
                 md_row([label, crops, batch_size, g(best), g(1 / best), g(statistics.median(times) / batch_size),
                         g(prep), g(per_image(flops, crops) / 1e9), g(gflops), g(probe.best),
-                        f"{100 * gflops / probe.best:.0f}%", f"{mem.peak / 2**20:.0f}", f"{100 * cpu['model']:.0f}%",
+                        f"{g(100 * gflops / probe.best)}%", f"{mem.peak / 2**20:.0f}", f"{100 * cpu['model']:.0f}%",
                         f"{os.getloadavg()[0]:.2f}"])
 
     crops = max(args.crops)
@@ -223,7 +223,7 @@ def run(args) -> None:
         for forward, counted in (("pruned", cut), ("official", whole), ("whole model", per_image(flops, crops))):
             best = min(times[forward])
             md_row([label, forward, g(best), g(statistics.median(times[forward])), g(counted / 1e9),
-                    g(counted / best / 1e9), g(probe.best), f"{100 * counted / best / 1e9 / probe.best:.0f}%",
+                    g(counted / best / 1e9), g(probe.best), f"{g(100 * counted / best / 1e9 / probe.best)}%",
                     f"{100 * cpu[forward]:.0f}%"])
         saved = min(times["official"]) - min(times["pruned"])
         summary.append(f"{label}: official / pruned = x{min(times['official']) / min(times['pruned']):.2f} time, "
