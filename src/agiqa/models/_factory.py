@@ -86,20 +86,3 @@ def model_explanation(model: nn.Module, batch: dict) -> dict:
 def _model_inputs(model: nn.Module, batch: dict) -> list:
     return [batch.get(name) for name in getattr(model, "input_names", ("image",))]
 
-
-def has_patch_map(model: nn.Module) -> bool:
-    """True when the model can say where its score comes from: MANIQA's per-patch scores (MANIQA, and MA-AGIQA
-    with its MANIQA expert)."""
-    from agiqa.models.maniqa import Maniqa
-
-    model = getattr(model, "_orig_mod", model)  # under torch.compile
-    return isinstance(model, Maniqa) and bool(getattr(model.config, "use_maniqa", True))
-
-
-def patch_maps(model: nn.Module, images):
-    """MANIQA's per-patch score x weight (B, H, W) of normalised images (the model's `image` input); needs
-    `has_patch_map(model)`. MA-AGIQA's MANIQA expert needs no semantic features for it."""
-    from agiqa.models.maniqa import Maniqa
-
-    model = getattr(model, "_orig_mod", model)
-    return model.grid_map(Maniqa.forward_features(model, images))

@@ -703,6 +703,20 @@ class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qualit
         return per_patch.view(per_patch.shape[0], *self.grid_size)
 
 
+def has_patch_map(model: nn.Module) -> bool:
+    """True when the model can say where its score comes from: MANIQA's per-patch scores (MANIQA, and MA-AGIQA
+    with its MANIQA expert)."""
+    model = getattr(model, "_orig_mod", model)  # under torch.compile
+    return isinstance(model, Maniqa) and bool(getattr(model.config, "use_maniqa", True))
+
+
+def patch_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """MANIQA's per-patch score x weight (B, H, W) of normalised images (the model's `image` input); needs
+    `has_patch_map(model)`. MA-AGIQA's MANIQA expert needs no semantic features for it."""
+    model = getattr(model, "_orig_mod", model)
+    return model.grid_map(Maniqa.forward_features(model, images))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Official checkpoints
 # --------------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def _heat_maps(model_dir: Path | None, images: list[tuple[Image.Image | None, st
     import torch
 
     from agiqa.models import create_model, saved_architecture
-    from agiqa.models._factory import has_patch_map, patch_maps
+    from agiqa.models.maniqa import has_patch_map, patch_maps
     from agiqa.scoring.scorer import ResizeNormalize
 
     model = create_model(saved_architecture(model_dir), pretrained=str(model_dir)).eval()

@@ -194,7 +194,7 @@ class Scorer:
     @property
     def has_patch_map(self) -> bool:
         """True when the model can say where its score comes from (MANIQA and MA-AGIQA with the MANIQA expert)."""
-        from agiqa.models._factory import has_patch_map
+        from agiqa.models.maniqa import has_patch_map
 
         return has_patch_map(self.model)
 
