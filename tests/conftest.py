@@ -39,9 +39,9 @@ def _torch_threads_restored():
 
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
-    """`reproduce` of a tiny MA-AGIQA (MANIQA expert only) on 200 synthetic images, 2 seeds x 1 epoch, as the paper
-    model `ma_agiqa`: (synth root, output folder, its results table). Trained once for the reproduction test and
-    the report tests."""
+    """`reproduce` of a tiny MA-AGIQA (MANIQA expert only) on 200 synthetic images, 2 seeds x 1 epoch on the official
+    and the prompt-disjoint split, as the paper model `ma_agiqa`: (synth root, output folder, its results table).
+    Trained once for the reproduction test and the report tests."""
     from agiqa.data.synth import generate_synthetic
     from agiqa.training.config import TrainConfig
     from agiqa.training.reproduce import reproduce

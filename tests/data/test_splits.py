@@ -13,6 +13,7 @@ from agiqa.data.splits import (
     prompt_disjoint_split,
     prompt_leakage,
     random_split,
+    seen_test_prompts,
 )
 from agiqa.errors import DatasetValidationError
 
@@ -105,3 +106,14 @@ def test_json_round_trip_and_validation(tmp_path):
 def test_make_split_unknown_method():
     with pytest.raises(ValueError, match="prompt_disjoint"):
         make_split(pd.DataFrame({"prompt": ["a"] * 5}), "stratified")
+
+
+def test_official_agiqa3k_split_tests_prompts_seen_in_training_and_prompt_disjoint_none(shared_data, tmp_path):
+    root = make_root(shared_data, "agiqa3k", tmp_path)
+    frame = load_dataset("agiqa3k", root, check_files=False)
+    official = make_split(frame, "official", seed=20)
+    shared, total = seen_test_prompts(frame, official)
+    assert total > 250 and shared == total  # every test prompt of the official split also has training images
+    assert prompt_leakage(frame, official) == 293  # of the 300 prompts (the number docs/ma_agiqa.md gives)
+    disjoint = make_split(frame, "prompt_disjoint", seed=20)
+    assert seen_test_prompts(frame, disjoint)[0] == 0 and seen_test_prompts(frame, disjoint)[1] > 40

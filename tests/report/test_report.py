@@ -23,19 +23,18 @@ SCORE_SECTIONS = ["summary", "score-histogram", "best-of-n", "lowest", "gates"]
 
 @pytest.fixture(scope="module")
 def report(reproduced, tmp_path_factory):
-    """The report of seed 20, seed 21, the reproduction, scores of seed 20's model over the synthetic images (with
-    heat maps) and `agiqa evaluate` of that model on its test split."""
+    """The report of seed 20 on the official and on the prompt-disjoint split, the reproduction, scores of the first
+    one's model over the synthetic images (with heat maps) and `agiqa evaluate` of that model on its test split."""
     root, repro, _ = reproduced
     work = tmp_path_factory.mktemp("report")
+    seed20 = repro / "official" / "seed20"
     labels = pd.read_csv(root / "data.csv")
     labels[["name", "prompt"]].rename(columns={"name": "image"}).to_csv(work / "prompts.csv", index=False)
-    assert main(["score", str(repro / "seed20" / "model"), str(root), "--prompts", str(work / "prompts.csv"),
-                 "--out", str(work / "scores"), "--explain", str(work / "maps"), "--device", "cpu",
-                 "--workers", "0"]) == 0
-    assert main(["evaluate", str(repro / "seed20" / "model"), "--dataset", "agiqa3k", "--root", str(root),
-                 "--split-file", str(repro / "seed20" / "split.json"), "--out", str(work / "eval"), "--device",
-                 "cpu"]) == 0
-    runs = [repro / "seed20", repro / "seed21", repro, work / "scores", work / "eval"]
+    assert main(["score", str(seed20 / "model"), str(root), "--prompts", str(work / "prompts.csv"), "--out",
+                 str(work / "scores"), "--explain", str(work / "maps"), "--device", "cpu", "--workers", "0"]) == 0
+    assert main(["evaluate", str(seed20 / "model"), "--dataset", "agiqa3k", "--root", str(root), "--split-file",
+                 str(seed20 / "split.json"), "--out", str(work / "eval"), "--device", "cpu"]) == 0
+    runs = [seed20, repro / "prompt_disjoint" / "seed20", repro, work / "scores", work / "eval"]
     assert main(["report", *map(str, runs), "--out", str(work / "out"), "--worst", "4"]) == 0
     return work / "out", repro, work
 
@@ -67,7 +66,7 @@ def test_the_page_has_every_section_and_every_figure_is_a_png_of_the_promised_si
 
 def test_fig6_bins_hold_every_image_once(report):
     out, repro, _ = report
-    predictions = pd.read_csv(repro / "seed20" / "predictions.csv")
+    predictions = pd.read_csv(repro / "official" / "seed20" / "predictions.csv")
     edges, counts = error_histogram(predictions["prediction"], predictions["mos"])
     assert counts.sum() == len(predictions) and np.allclose(np.diff(edges[:-1]), 0.1)
     assert f"{len(predictions)} images in {len(counts)} bins" in (out / "report.html").read_text()
@@ -80,7 +79,7 @@ def test_fig6_bins_hold_every_image_once(report):
 
 def test_per_generator_table_is_compute_metrics_on_each_group(report):
     out, repro, _ = report
-    predictions = load_run(repro / "seed20").table
+    predictions = load_run(repro / "official" / "seed20").table
     written = pd.read_csv(out / "tables" / "run1-per-generator.csv", index_col=0)
     assert list(written.index) == sorted(g for g, group in predictions.groupby("generator") if len(group) >= 5)
     for generator, row in written.iterrows():
@@ -94,8 +93,8 @@ def test_per_generator_table_is_compute_metrics_on_each_group(report):
 
 def test_a_trained_model_directory_has_a_model_card_that_says_how_it_was_made(reproduced):
     _, repro, _ = reproduced
-    card = (repro / "seed20" / "model" / "README.md").read_text()
-    metrics = json.loads((repro / "seed20" / "metrics.json").read_text())
+    card = (repro / "official" / "seed20" / "model" / "README.md").read_text()
+    metrics = json.loads((repro / "official" / "seed20" / "metrics.json").read_text())
     for part in ("# ma_agiqa", "## Architecture", "## Configuration", "## Training data and split",
                  "official, seed 20", "## Metrics", f"{metrics['overall']['srcc']:.4f}", "## How to load",
                  "library_name: agiqa"):
@@ -104,7 +103,7 @@ def test_a_trained_model_directory_has_a_model_card_that_says_how_it_was_made(re
     from agiqa.models import create_model, saved_architecture  # noqa: F401 - the card's own snippet runs
 
     loaded = json.loads(json.dumps(eval(loading).config.to_dict()))
-    assert loaded == json.loads((repro / "seed20" / "model" / "config.json").read_text())
+    assert loaded == json.loads((repro / "official" / "seed20" / "model" / "config.json").read_text())
 
 
 def test_a_model_saved_by_hand_says_no_training_is_recorded(tmp_path):

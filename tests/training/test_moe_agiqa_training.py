@@ -136,7 +136,7 @@ def test_reproduce_table_says_moe_agiqa_has_no_published_numbers():
     from agiqa.training.reproduce import results_table
 
     summary = {key: {"mean": 0.5, "std": 0.01} for key in ("srcc", "plcc", "krcc", "rmse")}
-    table = results_table("moe_agiqa", "agiqa3k", summary, 3)
+    table = results_table("moe_agiqa", "agiqa3k", {"official": {"summary": summary}}, 3)
     rows = [line for line in table.splitlines() if line.startswith("| SRCC") or line.startswith("| RMSE")]
     assert rows and all(line.endswith("| — |") for line in rows)
     assert "publishes none" in table and "arXiv" not in table

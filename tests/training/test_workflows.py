@@ -43,16 +43,24 @@ def test_demo_with_a_local_vlm_extracts_features_on_demand_and_trains_all_expert
     assert results["metrics"]["n_scored"] == 8
 
 
-def test_reproduce_runs_each_seed_and_tables_mean_and_std(reproduced):
+def test_reproduce_runs_each_seed_on_both_splits_and_tables_mean_and_std(reproduced):
     _, out, table = reproduced
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs["runs"]) == 2 and runs["summary"]["srcc"]["runs"] == 2
     assert (runs["model"], runs["experiment"], runs["seeds"]) == ("ma_agiqa", "agiqa3k", [20, 21])
-    first = TrainConfig.from_yaml(out / "seed20" / "config.yaml")
-    second = TrainConfig.from_yaml(out / "seed21" / "config.yaml")
-    assert (first.data.split_method, first.data.split_seed) == ("official", 20)
-    assert (second.data.split_method, second.data.split_seed) == ("random", 21)
+    assert list(runs["splits"]) == ["official", "prompt_disjoint"]
+    for result in runs["splits"].values():
+        assert len(result["runs"]) == 2 and result["summary"]["srcc"]["runs"] == 2
+    configs = {(kind, seed): TrainConfig.from_yaml(out / kind / f"seed{seed}" / "config.yaml")
+               for kind in ("official", "prompt_disjoint") for seed in (20, 21)}
+    assert [(c.data.split_method, c.data.split_seed) for c in configs.values()] == [
+        ("official", 20), ("random", 21), ("prompt_disjoint", 20), ("prompt_disjoint", 21)]
+    # synth renders every prompt once per generator: random splits test seen prompts, prompt-disjoint ones never
+    official, disjoint = (runs["splits"][k]["test_prompts_seen_in_training"] for k in ("official", "prompt_disjoint"))
+    assert all(shared > 0 for shared, _ in official) and all(shared == 0 and total > 0 for shared, total in disjoint)
+    header = next(line for line in table.splitlines() if line.startswith("| metric"))
+    assert "official split (mean ± std)" in header and "prompt-disjoint (mean ± std)" in header
     assert "| SRCC |" in table and "±" in table and "0.8939" in table  # the paper's AGIQA-3K number beside ours
+    assert "Test prompts also seen in training" in table and "prompt-disjoint 0 of" in table
 
 
 def test_cross_dataset_tests_on_every_row_of_the_other_dataset(tmp_path):

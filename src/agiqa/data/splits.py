@@ -182,6 +182,15 @@ def prompt_leakage(frame: pd.DataFrame, split: Split) -> int:
     return len(shared)
 
 
+def seen_test_prompts(frame: pd.DataFrame, split: Split) -> tuple[int, int]:
+    """(distinct test prompts that also occur in train or val, distinct test prompts); empty prompts not counted.
+    A model that has seen a test prompt in training is tested on a prompt, not only on new images."""
+    prompts = frame["prompt"].to_numpy()
+    test = {prompts[i] for i in split.test} - {""}
+    seen = {prompts[i] for i in (*split.train, *split.val)}
+    return len(test & seen), len(test)
+
+
 def make_split(
     frame: pd.DataFrame, method: str = "official", seed: int = OFFICIAL_SEED, k: int = 5, fold: int = 0
 ) -> Split:

@@ -124,23 +124,30 @@ class Report:
         self._add(prefix, "gates", "Gate weights", *parts)
 
     def _reproduce(self, run: Run, prefix: str) -> None:
-        from agiqa.training.reproduce import paper_note, paper_result
+        from agiqa.training.reproduce import SPLIT_TITLES, paper_note, paper_result
 
         summary = run.summary
-        model, experiment = summary.get("model", "?"), summary.get("experiment", "?")
+        model, experiment, seeds = summary.get("model", "?"), summary.get("experiment", "?"), summary["seeds"]
         paper = paper_result(model, experiment) or {}
-        rows = {key.upper(): {"ours (mean ± std)": f"{stats['mean']:.4f} ± {stats['std']:.4f}",
-                              "paper": f"{paper[key]:.4f}" if key in paper else "—"}
-                for key, stats in summary["summary"].items() if key in tables.METRICS}
+        rows = {}
+        for key in tables.METRICS:
+            row = {f"{SPLIT_TITLES[kind]} (mean ± std)": f"{result['summary'][key]['mean']:.4f} ± "
+                   f"{result['summary'][key]['std']:.4f}" for kind, result in summary["splits"].items()}
+            rows[key.upper()] = {**row, "paper (official split)": f"{paper[key]:.4f}" if key in paper else "—"}
         if paper.get("source"):
             note = f"Paper numbers: {paper['source']}."
         else:
             note = "" if paper else paper_note(model)
-        seeds = summary.get("seeds") or list(range(len(summary["runs"])))
-        per_seed = pd.DataFrame(summary["runs"], index=[f"seed {s}" for s in seeds])
-        self._add(prefix, "seeds", f"{model} on {experiment}, {len(summary['runs'])} seeds, beside the paper",
-                  self._table(pd.DataFrame(rows).T, f"{prefix}-vs-paper"), f"<p>{html.escape(note)}</p>",
-                  self._table(per_seed[[k for k in tables.METRICS if k in per_seed]], f"{prefix}-per-seed"))
+        parts = [self._table(pd.DataFrame(rows).T, f"{prefix}-vs-paper"), f"<p>{html.escape(note)}</p>"]
+        for kind, result in summary["splits"].items():
+            per_seed = pd.DataFrame(result["runs"], index=[f"seed {s}" for s in seeds])
+            per_seed = per_seed[[k for k in ("n", *tables.METRICS) if k in per_seed]]
+            seen = result.get("test_prompts_seen_in_training")
+            if seen:
+                per_seed["test prompts seen in training"] = [f"{shared} of {total}" for shared, total in seen]
+            parts += [f"<h4>{html.escape(SPLIT_TITLES[kind])}, per seed</h4>",
+                      self._table(per_seed, f"{prefix}-{kind}-per-seed")]
+        self._add(prefix, "seeds", f"{model} on {experiment}, {len(seeds)} seeds, beside the paper", *parts)
 
     def _scores(self, run: Run, prefix: str) -> None:
         table = run.table

@@ -119,14 +119,19 @@ def _register_reproduce(subparsers) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="train+test a paper experiment over several seeds; table next to the paper's numbers",
         description="Run a paper experiment (the packaged config <model>/<dataset>, e.g. ma_agiqa/agiqa3k) for N seeds "
-        "(split and training seed both vary; seed 20 first, the official one) and write a markdown table with "
-        "mean ± std next to the paper.",
+        "(split and training seed both vary; seed 20 first, the official one) on the official split and on a "
+        "prompt-disjoint split (the official AGIQA-3K split tests prompts seen in training), and write one markdown "
+        "table with mean ± std per kind of split next to the paper. Runs go to OUT/<split>/seed<N>/.",
     )
     parser.add_argument("model", help="a model folder of the configs: ma-agiqa, maniqa, moe-agiqa, ...")
     parser.add_argument("--dataset", required=True,
                         help="experiment under the model's configs, e.g. agiqa3k, aigiqa20k, ablations/agiqa3k_concat")
     parser.add_argument("--root", required=True, help="dataset root")
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (per kind of split)")
+    parser.add_argument("--splits", default="official,prompt_disjoint",
+                        help="kinds of split, comma-separated: official (the config's split: official for seed 20, "
+                        "random for the others) and/or prompt_disjoint (no prompt in two parts); one table column "
+                        "each (default: both)")
     parser.add_argument("--configs-dir", default=None,
                         help="a folder of your own experiment YAMLs laid out as <model>/<dataset>.yaml "
                         "(default: the configs packaged with agiqa)")
@@ -143,8 +148,9 @@ def _reproduce(args) -> int:
     from agiqa.training.reproduce import reproduce
 
     config_path = experiment_config(args.model, args.dataset, args.configs_dir)
+    splits = tuple(kind.strip() for kind in args.splits.split(",") if kind.strip())
     table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides,
-                      paper_model=args.model.replace("-", "_"))
+                      paper_model=args.model.replace("-", "_"), splits=splits)
     print(table)
     return 0
 
