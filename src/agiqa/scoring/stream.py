@@ -156,7 +156,7 @@ def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, st
     columns)`; `on_batch(n_scored, n_failed)` reports progress. With `heatmaps` (a folder; batches must keep their
     images), each scored image's heat map is drawn there and named in column `heatmap`."""
     names = ["score"] + [f"{kind}_{name}" for name in scorer.expert_names for kind in ("gate", "expert")]
-    text = ["image", "prompt", "error"] + ["heatmap"] * (heatmaps is not None)
+    columns = ["image", "prompt", *names, "error"] + (["heatmap"] if heatmaps is not None else [])
     pending: dict[int, dict[str, list]] = {}
     for batch in batches:
         batch, feature_keys = _with_features(scorer, batch)
@@ -171,7 +171,7 @@ def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, st
                 for position, image, patch_map in zip(batch["good"], batch["images"], predicted["patch_map"]):
                     drawn[position] = str(heatmap_file(heatmaps, batch["keys"][position]))
                     write_overlay(Path(drawn[position]), image, patch_map)
-        rows = pending.setdefault(batch["block"], {name: [] for name in ["image", "prompt", *names, *text[2:]]})
+        rows = pending.setdefault(batch["block"], {name: [] for name in columns})
         rows["image"] += batch["keys"]
         rows["prompt"] += batch["prompts"]
         for name in names:

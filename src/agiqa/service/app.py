@@ -8,7 +8,9 @@ endpoint annotations at runtime.
 """
 
 import asyncio
+import contextlib
 import math
+import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -36,6 +38,9 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
 
     limits = limits or ServiceLimits(max_batch=scorer.batch_size, max_pixels=scorer.max_pixels)
     metrics = ServiceMetrics()
+    # A processor with a tokenizer (MoE-AGIQA) runs one request at a time: a Rust tokenizer whose padding and
+    # truncation are set per call is not safe to share between threads. Decoding stays parallel.
+    preprocessing = threading.Lock() if scorer.processor is not None else contextlib.nullcontext()
     batcher = MicroBatcher(scorer, limits.max_batch, limits.max_wait_ms, limits.max_queue, metrics.observe_batch)
 
     @asynccontextmanager
@@ -129,7 +134,8 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
                 errors[i] = err.reason
                 kinds[i] = "too_large" if isinstance(err, ImageTooLargeError) else "decode"
         good_prompts = [prompts[i] for i in good] if prompts is not None else None
-        inputs = scorer.preprocess(pil_images, good_prompts) if pil_images else None
+        with preprocessing:
+            inputs = scorer.preprocess(pil_images, good_prompts) if pil_images else None
         return {"errors": errors, "kinds": kinds, "good": good, "images": pil_images, "prompts": good_prompts,
                 "inputs": inputs}
 
