@@ -120,3 +120,20 @@ def test_timed_out_requests_are_not_scored():
     with pytest.raises(QueueFull):
         batcher.submit({"x": torch.arange(5)}, [None] * 5)
     batcher.close()
+
+
+def test_concurrent_prompt_model_requests_each_get_their_own_scores():
+    torch.manual_seed(0)
+    model = create_model("test_moe_agiqa").eval()
+    scorer = Scorer(model, device="cpu", precision="fp32", batch_size=4)
+    prompts = [f"{count} red circles, flat style" for count in ("one", "two", "three", "four")] * 3
+    direct = scorer.score([png(i) for i in range(12)], prompts).scores
+    with serving(create_app(scorer, "moe", ServiceLimits(max_batch=4, max_wait_ms=20))) as url:
+        def post(i):
+            with httpx.Client(base_url=url, timeout=60) as http:
+                files = [("images", (f"{i}.png", png(i), "image/png"))]
+                return http.post("/score", files=files, data={"prompts": [prompts[i]]}).json()
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+    assert [a["results"][0]["score"] for a in answers] == pytest.approx(direct.tolist(), abs=1e-5)
