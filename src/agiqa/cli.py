@@ -26,8 +26,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agiqa",
-        description="Quality assessment of AI-generated images: datasets, splits, metrics, MANIQA / MA-AGIQA "
-        "training, evaluation and scoring.",
+        description="Quality assessment of AI-generated images: datasets, splits, metrics, MANIQA / MA-AGIQA / "
+        "MoE-AGIQA training, evaluation and reproduction, scoring at scale, an HTTP service and reports.",
     )
     parser.add_argument("--version", action="version", version=f"agiqa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

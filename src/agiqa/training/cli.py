@@ -117,7 +117,8 @@ def _evaluate(args) -> int:
 
 def _register_reproduce(subparsers) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="train+test a paper experiment over several seeds; table next to the paper's numbers",
+        "reproduce", help="train+test a paper experiment over several seeds, on the official and a prompt-disjoint "
+        "split; table next to the paper's numbers",
         description="Run a paper experiment (the packaged config <model>/<dataset>, e.g. ma_agiqa/agiqa3k) for N seeds "
         "(split and training seed both vary; seed 20 first, the official one) on the official split and on a "
         "prompt-disjoint split (the official AGIQA-3K split tests prompts seen in training), and write one markdown "
