@@ -97,6 +97,8 @@ class MicroBatcher:
             except queue.Empty:
                 continue
             batch = self._collect(first)
+            if not batch:  # every image collected belonged to requests that timed out meanwhile
+                continue
             started = time.perf_counter()
             self._score(batch)
             seconds = time.perf_counter() - started
@@ -117,8 +119,6 @@ class MicroBatcher:
         return live
 
     def _score(self, batch: list[tuple[Request, int]]) -> None:
-        if not batch:
-            return
         requests = [request for request, _ in batch]
         try:
             inputs = {name: torch.cat([request.inputs[name][index:index + 1] for request, index in batch])
