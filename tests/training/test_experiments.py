@@ -124,13 +124,20 @@ def test_cli_train_takes_a_packaged_name_outside_the_repository(tmp_path, monkey
 
 
 def test_reproduce_finds_the_packaged_experiment_or_one_in_configs_dir(tmp_path, monkeypatch):
+    from agiqa.training.reproduce import reproduce
+
+    with pytest.raises(AgiqaError, match=r"unknown kind\(s\) of split \['oficial'\].*official, prompt_disjoint"):
+        reproduce(config_path("ma_agiqa/agiqa3k"), str(tmp_path), 1, tmp_path / "out", splits=("oficial",))
     calls = []
     monkeypatch.setattr("agiqa.training.reproduce.reproduce",
                         lambda config_path, *args, **kwargs: calls.append((Path(config_path), kwargs)) or "table")
     monkeypatch.chdir(tmp_path)
     common = ["--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--seeds", "1"]
     assert main(["reproduce", "ma-agiqa", "--dataset", "agiqa3k", *common]) == 0
-    assert calls[-1] == (config_path("ma_agiqa/agiqa3k"), {"paper_model": "ma_agiqa"})
+    assert calls[-1] == (config_path("ma_agiqa/agiqa3k"), {"paper_model": "ma_agiqa",
+                                                           "splits": ("official", "prompt_disjoint")})
+    assert main(["reproduce", "ma-agiqa", "--dataset", "agiqa3k", "--splits", "official", *common]) == 0
+    assert calls[-1][1]["splits"] == ("official",)
     assert main(["reproduce", "maniqa", "--dataset", "ablations/nothing", *common]) == 2
 
     own = tmp_path / "my_configs" / "ma_agiqa" / "agiqa3k.yaml"
