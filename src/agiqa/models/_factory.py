@@ -83,6 +83,20 @@ def model_explanation(model: nn.Module, batch: dict) -> dict:
     return model.explain(*_model_inputs(model, batch))
 
 
+def explanation_columns(model: nn.Module, batch: dict, experts: list[str], patch_maps: bool = False) -> dict:
+    """`model_explanation` as flat columns, the names every output uses (`agiqa score`, `agiqa train`/`evaluate`,
+    the service): `score`, `gate_<expert>` and `expert_<expert>` for each of `experts`, and with `patch_maps`
+    `patch_map` where the model has one."""
+    parts = model_explanation(model, batch)
+    columns = {"score": parts["score"]}
+    for index, name in enumerate(experts):
+        columns[f"gate_{name}"] = parts["gate"][:, index]
+        columns[f"expert_{name}"] = parts["expert_score"][:, index]
+    if patch_maps and "patch_map" in parts:
+        columns["patch_map"] = parts["patch_map"]
+    return columns
+
+
 def _model_inputs(model: nn.Module, batch: dict) -> list:
     return [batch.get(name) for name in getattr(model, "input_names", ("image",))]
 

@@ -177,19 +177,13 @@ class Scorer:
         `patch_maps`, also `patch_map` (B, H, W) where the model has one (MANIQA's per-patch score x weight)."""
         if not self.expert_names and not (patch_maps and self.has_patch_map):
             return {"score": self.predict(inputs, pil_images, prompts, feature_keys)}
-        from agiqa.models._factory import model_explanation
+        from agiqa.models._factory import explanation_columns
         from agiqa.scoring.inference import inference_context
 
         batch = self._device_batch(inputs, pil_images, prompts, feature_keys)
         with inference_context(self.precision, self.device):
-            parts = {name: value.float().cpu().numpy() for name, value in model_explanation(self.model, batch).items()}
-        columns = {"score": parts["score"]}
-        for index, name in enumerate(self.expert_names):
-            columns[f"gate_{name}"] = parts["gate"][:, index]
-            columns[f"expert_{name}"] = parts["expert_score"][:, index]
-        if patch_maps and "patch_map" in parts:
-            columns["patch_map"] = parts["patch_map"]
-        return columns
+            columns = explanation_columns(self.model, batch, self.expert_names, patch_maps)
+            return {name: value.float().cpu().numpy() for name, value in columns.items()}
 
     @property
     def has_patch_map(self) -> bool:

@@ -217,7 +217,7 @@ def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | No
                  precision: str = "auto") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(rows, columns) for every batch of an evaluation loader: `prediction`, and for models with experts
     `gate_<expert>` / `expert_<expert>` from the same forward pass (`model.explain`, as `agiqa score` does)."""
-    from agiqa.models._factory import expert_names, model_explanation
+    from agiqa.models._factory import expert_names, explanation_columns
 
     device = resolve_device(device)
     model = prepare_model(model, device)
@@ -227,11 +227,8 @@ def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | No
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
         with inference_context(precision, device):
             if experts:
-                explained = model_explanation(model, inputs)
-                part = {"prediction": explained["score"]}
-                for index, name in enumerate(experts):
-                    part[f"gate_{name}"] = explained["gate"][:, index]
-                    part[f"expert_{name}"] = explained["expert_score"][:, index]
+                part = {"prediction" if name == "score" else name: value
+                        for name, value in explanation_columns(model, inputs, experts).items()}
             else:
                 part = {"prediction": model_scores(model, inputs)}
         rows.append(batch["row"].numpy())
