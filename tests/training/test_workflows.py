@@ -5,11 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from agiqa.data.synth import generate_synthetic
 from agiqa.demo import DEMO_CONFIG, cosine_steps, run_demo
+from agiqa.metrics import compute_metrics
+from agiqa.scoring.scorer import Scorer
 from agiqa.semantic import FeatureCache
 from agiqa.training.config import TrainConfig
 from agiqa.training.run import train
@@ -17,6 +20,8 @@ from agiqa.training.run import train
 from test_training import tiny_config
 
 SEMANTIC_TESTS = Path(__file__).resolve().parents[1] / "semantic"
+REPO = Path(__file__).resolve().parents[2]
+DEMO_RUN, SOURCE = REPO / "agiqa-demo" / "run", REPO / "src" / "agiqa"
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +79,39 @@ def test_cross_dataset_tests_on_every_row_of_the_other_dataset(tmp_path):
     assert set(predictions["name"]) == set(pd.read_csv(test_root / "data.csv")["name"])
 
 
-@pytest.mark.slow
-def test_demo_model_reaches_srcc_0_9_on_what_it_can_see(tmp_path):
-    """The whole demo pipeline (synthetic data -> tiny MANIQA-expert MA-AGIQA from scratch -> test), ~6 min on 2 cores.
+def _fresh_demo_run() -> Path | None:
+    """README command 1's output (`agiqa demo` in the repository root), when it is newer than every source file.
 
-    Without a VLM the demo model sees only the image, so the data here has no prompt mismatches (mismatch_rate=0):
-    every quality loss is in the pixels. On the default data (30 % mismatches, visible only to semantic experts)
-    the same run reaches SRCC ~0.89 (docs/ma_agiqa.md).
+    CI runs `agiqa demo` just before the tests; training the same model again here would cost ~13 minutes. A run
+    older than the code (edited since) is not evidence about the code, so then the test trains its own.
     """
-    results = run_demo(tmp_path / "demo", n=10000, progress=False, mismatch_rate=0.0)
-    overall = results["metrics"]["overall"]
-    assert overall["n"] == 2000
-    assert overall["srcc"] >= 0.9
-    run = Path(results["run_dir"])
-    assert (run / "predictions.csv").is_file() and (run / "scatter.png").is_file()
+    metrics = DEMO_RUN / "metrics.json"
+    if not metrics.is_file():
+        return None
+    sources = [p for p in SOURCE.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return DEMO_RUN if metrics.stat().st_mtime > max(p.stat().st_mtime for p in sources) else None
+
+
+@pytest.mark.slow
+def test_demo_model_reaches_srcc_0_85(tmp_path):
+    """The whole demo pipeline (synthetic data -> tiny MANIQA-expert MA-AGIQA from scratch -> test), ~7-12 min on
+    2 cores: README command 1's own run when it is fresh, else trained here with the same defaults.
+
+    The default data draws 30 % of images unlike their prompt, a loss only semantic experts can see; the image-only
+    demo model reaches SRCC ~0.89 on it (docs/ma_agiqa.md). The metrics are recomputed from the predictions, and the
+    saved model must give those predictions again, so a stale or hand-edited run cannot pass.
+    """
+    run = _fresh_demo_run() or Path(run_demo(tmp_path / "demo", progress=False)["run_dir"])
+    predictions = pd.read_csv(run / "predictions.csv")
+    overall = compute_metrics(predictions["prediction"], predictions["mos"])
+    assert overall["n"] == 2000 and overall["srcc"] >= 0.85
+    recorded = json.loads((run / "metrics.json").read_text())["overall"]
+    assert overall["srcc"] == pytest.approx(recorded["srcc"], abs=1e-9)
+    sample = predictions.sample(24, random_state=0)
+    # the run was tested in fp32 (trainer.precision 32-true); Scorer's "auto" would take bf16 on a bf16 CPU
+    rescored = Scorer(run / "model", device="cpu", precision="fp32").score(list(sample["path"]))
+    np.testing.assert_allclose(rescored.scores, sample["prediction"], atol=1e-4)
+    assert (run / "scatter.png").is_file()
 
 
 def test_demo_cosine_schedule_ends_with_the_run(tmp_path):
