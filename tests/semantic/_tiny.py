@@ -28,9 +28,14 @@ CORPUS = list(PAPER_PROMPTS) + [
     "user assistant system USER ASSISTANT Describe the picture. How well does the image match the prompt: a cat",
     "Rate the quality of this image. a red car on a street, a painting of mountains",
 ]
+# Repeated so that the byte-level BPE learns " excellent", " good", ... as single tokens (level scores need them).
+LEVEL_CORPUS = ["The quality of the image is excellent good fair poor bad. The match between the image and the "
+                "description is excellent good fair poor bad. How would you rate the quality of this image? "
+                'How well does this image match the description "a cat"?'] * 30
 
 
-def make_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str | None = None):
+def make_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str | None = None,
+                   corpus: list[str] = CORPUS):
     """A byte-level BPE trained on a few sentences, wrapped as a `PreTrainedTokenizerFast`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -40,7 +45,7 @@ def make_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     kwargs = dict(eos_token=eos, pad_token=pad)
     if bos:
         kwargs["bos_token"] = bos
@@ -49,11 +54,13 @@ def make_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
-def tiny_qwen2_vl(seed: int = 0):
+def tiny_qwen2_vl(seed: int = 0, level_words: bool = False):
+    """Tiny Qwen2-VL; with `level_words`, its tokenizer also knows the level words as single tokens."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers import Qwen2VLVideoProcessor
 
-    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                         corpus=CORPUS + LEVEL_CORPUS if level_words else CORPUS)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = Qwen2VLConfig(
         text_config=dict(
@@ -75,11 +82,13 @@ def tiny_qwen2_vl(seed: int = 0):
     return model, processor
 
 
-def tiny_llava(seed: int = 0):
+def tiny_llava(seed: int = 0, level_words: bool = False):
+    """Tiny LLaVA; with `level_words`, its tokenizer also knows the level words as single tokens."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    tok = make_tokenizer(LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
+    tok = make_tokenizer(LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>",
+                         corpus=CORPUS + LEVEL_CORPUS if level_words else CORPUS)
     ids = {t: tok.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS}
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

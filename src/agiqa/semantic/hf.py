@@ -6,6 +6,11 @@ batch. Right padding keeps every real token's position and attention identical t
 never looks at later pad tokens), so features do not depend on batch composition; the attention mask then excludes
 the pad positions from the pooling. Where the model accepts precomputed vision outputs (`mm_encoder_outputs`,
 transformers >= 5), the vision tower runs once per image and its output is reused for all P questions.
+
+Level scores (`answers=`, see `agiqa.semantic.levels`) ride on the same forward: each question's text ends with its
+answer prefix, the features pool only the positions before it (causal attention: those positions cannot see the
+appended tokens, so the features are unchanged) and the final hidden state of each row's last token gives the level
+words' next-token logits. The extra cost is the few answer tokens, not a second pass.
 """
 from __future__ import annotations
 
@@ -27,6 +32,13 @@ from agiqa.semantic.base import (
     check_pooling,
     fill_prompt,
     masked_mean,
+)
+from agiqa.semantic.levels import (
+    LEVEL_WORDS,
+    answer_token_count,
+    level_probabilities,
+    level_token_ids,
+    with_answer,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,6 +106,9 @@ class HFVLMEncoder(SemanticEncoder):
         image_first: with the chat template, put the image before the question (the usual VLM order).
         square_pad: pad images to squares with the processor's mean colour first (as the paper does for mPLUG-Owl2).
         reuse_vision: run the vision tower once per image when the model allows it.
+        answers: an answer prefix per question (e.g. "The quality of the image is"): each question's vector then
+            ends with the probabilities of the five level words (`agiqa.semantic.levels`), so `feature_dim` is the
+            hidden size + 5.
     """
 
     def __init__(
@@ -111,10 +126,14 @@ class HFVLMEncoder(SemanticEncoder):
         image_first: bool = True,
         square_pad: bool = False,
         reuse_vision: bool = True,
+        answers: Sequence[str] | None = None,
     ):
         if not prompts:
             raise SemanticEncoderError("at least one prompt is required")
+        if answers is not None and len(answers) != len(prompts):
+            raise SemanticEncoderError(f"got {len(prompts)} questions but {len(answers)} answer prefixes")
         self.prompts = tuple(prompts)
+        self.answers = tuple(answers) if answers is not None else None
         self.layer = int(layer)
         self.pooling = check_pooling(pooling)
         self.device = resolve_device(device)
@@ -129,7 +148,8 @@ class HFVLMEncoder(SemanticEncoder):
         self.name = name or getattr(config, "_name_or_path", "") or type(model).__name__
         self.revision = revision or getattr(config, "_commit_hash", None) or local_revision(self.name)
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        self.feature_dim = int(text_config.hidden_size)
+        self.hidden_dim = int(text_config.hidden_size)
+        self.feature_dim = self.hidden_dim + (len(LEVEL_WORDS) if self.answers else 0)
         self.num_layers = int(getattr(text_config, "num_hidden_layers", 0)) or None
         if self.num_layers is not None and not -(self.num_layers + 1) <= self.layer <= self.num_layers:
             raise SemanticEncoderError(
@@ -157,6 +177,7 @@ class HFVLMEncoder(SemanticEncoder):
                 "pass template='USER: {question}\\n{image} ASSISTANT:' "
                 "(or a template suited to the model)"
             )
+        self.answer_lengths, self.level_ids = self._level_setup() if self.answers else ((), ())
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -200,6 +221,16 @@ class HFVLMEncoder(SemanticEncoder):
             return tid if isinstance(tid, int) else None
         return None
 
+    def _level_setup(self) -> tuple[tuple[int, ...], list[int]]:
+        """Per question: tokens of its answer prefix; and the level words' token ids (single tokens or refused)."""
+        texts = [self.render(question) for question in self.prompts]
+        lengths = tuple(answer_token_count(self.tokenizer, text, answer) for text, answer in zip(texts, self.answers))
+        ids = {tuple(level_token_ids(self.tokenizer, with_answer(text, answer)))
+               for text, answer in zip(texts, self.answers)}
+        if len(ids) != 1:
+            raise SemanticEncoderError(f"the level words tokenise differently after the answer prefixes {self.answers}")
+        return lengths, list(ids.pop())
+
     # ------------------------------------------------------------------ prompts
     def render(self, question: str) -> str:
         """The full text for one question, image placeholder included, generation prompt opened."""
@@ -227,12 +258,15 @@ class HFVLMEncoder(SemanticEncoder):
             "template": self.render("{question}"),
             "square_pad": self.square_pad,
             "feature_dim": self.feature_dim,
+            **({"answers": list(self.answers), "levels": list(LEVEL_WORDS)} if self.answers else {}),
         }
 
     # ------------------------------------------------------------------ encoding
     @torch.inference_mode()
     def encode(self, images: list, generation_prompts: list[str] | None = None) -> torch.Tensor:
-        """PIL RGB images -> float32 CPU features `(B, n_prompts, feature_dim)`; one forward for all B x P pairs."""
+        """PIL RGB images -> float32 CPU features `(B, n_prompts, feature_dim)`; one forward for all B x P pairs.
+
+        With `answers`, each vector is [pooled hidden state (hidden_dim), level probabilities (5)]."""
         if not images:
             return torch.empty(0, len(self.prompts), self.feature_dim)
         n, p = len(images), len(self.prompts)
@@ -245,17 +279,35 @@ class HFVLMEncoder(SemanticEncoder):
         questions = [fill_prompt(q, None if generation_prompts is None else generation_prompts[i])
                      for i in range(n) for q in self.prompts]
         texts = [self.render(q) for q in questions]
+        if self.answers:
+            texts = [with_answer(text, self.answers[i % p]) for i, text in enumerate(texts)]
         inputs = self.processor(text=texts, images=[im for im in images for _ in range(p)], padding=True,
                                 return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         dtype = torch_dtype(self.precision)
         inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
-        hidden = self._hidden_states(inputs, n, p)
+        outputs = self._forward(inputs, n, p)
         mask = self._pooling_mask(inputs, texts, questions)
-        return masked_mean(hidden, mask).view(n, p, -1).cpu()
+        if not self.answers:
+            return masked_mean(self._select(outputs), mask).view(n, p, -1).cpu()
+        lengths = inputs["attention_mask"].sum(dim=1)
+        answer_start = lengths - torch.tensor(self.answer_lengths, device=lengths.device).repeat(n)
+        mask = mask & (torch.arange(mask.shape[1], device=mask.device) < answer_start[:, None])
+        features = masked_mean(self._select(outputs), mask)
+        levels = self._level_probabilities(outputs, lengths - 1)
+        return torch.cat([features, levels], dim=-1).view(n, p, -1).cpu()
 
-    def _hidden_states(self, inputs: dict[str, torch.Tensor], n: int, p: int) -> torch.Tensor:
+    def _level_probabilities(self, outputs, last: torch.Tensor) -> torch.Tensor:
+        """(rows, 5) level-word probabilities from the final hidden state of each row's last real token."""
+        final = getattr(outputs, "last_hidden_state", None)
+        if final is None:
+            final = outputs.hidden_states[-1]
+        rows = torch.arange(final.shape[0], device=final.device)
+        logits = self.model.get_output_embeddings()(final[rows, last])
+        return level_probabilities(logits[:, self.level_ids])
+
+    def _forward(self, inputs: dict[str, torch.Tensor], n: int, p: int):
         if self.reuse_vision and p > 1 and self._reuse_state is not False:
             try:
                 out = self._forward_reusing_vision(inputs, n, p)
@@ -269,11 +321,13 @@ class HFVLMEncoder(SemanticEncoder):
                 logger.warning("%s: sharing vision outputs failed (%s: %s); using the plain batched forward",
                                self.name, type(err).__name__, err)
                 self._reuse_state = False
-        return self._select(self.backbone(**inputs, **self._hidden_kwargs()))
+        return self.backbone(**inputs, **self._hidden_kwargs())
 
     def _hidden_kwargs(self) -> dict[str, Any]:
-        # -1 is `last_hidden_state` (after the final norm) and needs no per-layer outputs.
-        return {} if self.layer == -1 else {"output_hidden_states": True}
+        # -1 is `last_hidden_state` (after the final norm) and needs no per-layer outputs; a backbone without one
+        # (the whole model) returns its final hidden state in `hidden_states` only.
+        needs_all = self.layer != -1 or (bool(self.answers) and self.backbone is self.model)
+        return {"output_hidden_states": True} if needs_all else {}
 
     def _select(self, outputs) -> torch.Tensor:
         if self.layer == -1 and getattr(outputs, "last_hidden_state", None) is not None:
@@ -283,7 +337,7 @@ class HFVLMEncoder(SemanticEncoder):
             raise SemanticEncoderError(f"{self.name}: the model returned no hidden states")
         return hidden_states[self.layer]
 
-    def _forward_reusing_vision(self, inputs: dict[str, torch.Tensor], n: int, p: int) -> torch.Tensor:
+    def _forward_reusing_vision(self, inputs: dict[str, torch.Tensor], n: int, p: int):
         """Vision tower on the n distinct images, outputs repeated for the P questions, then the language model."""
         forward_params = inspect.signature(self.backbone.forward).parameters
         if "mm_encoder_outputs" not in forward_params:
@@ -317,8 +371,7 @@ class HFVLMEncoder(SemanticEncoder):
         else:
             raise _NoReuse("vision outputs are not one entry per image")
         text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
-        outputs = self.backbone(**text_inputs, mm_encoder_outputs={"image": encoded}, **self._hidden_kwargs())
-        return self._select(outputs)
+        return self.backbone(**text_inputs, mm_encoder_outputs={"image": encoded}, **self._hidden_kwargs())
 
     # ------------------------------------------------------------------ pooling
     def _pooling_mask(self, inputs: dict[str, torch.Tensor], texts: list[str], questions: list[str]) -> torch.Tensor:
