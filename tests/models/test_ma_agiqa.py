@@ -205,3 +205,40 @@ def test_explain_gives_the_forward_score_gates_and_each_experts_own_score():
         concat_parts = concat.eval().explain(image, semantic)
         torch.testing.assert_close(concat_parts["score"], concat(image, semantic))
     assert "gate" not in concat_parts and concat_parts["patch_map"].shape == (3, *model.grid_size)
+
+
+def level_features(semantic: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """`semantic` (B, P, D) with 5 level probabilities appended per prompt, as an encoder with answers gives."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = torch.softmax(torch.randn(*semantic.shape[:2], 5, generator=generator), dim=-1)
+    return torch.cat([semantic, levels], dim=-1)
+
+
+def test_level_expert_follows_the_afm_formula_beside_the_released_experts():
+    torch.manual_seed(0)
+    model = create_model("test_ma_agiqa", level_prompts=(0, 1), gate_activation="softmax").eval()
+    x, semantic = tiny_inputs()
+    features = level_features(semantic)
+    sd = model.state_dict()
+    with torch.no_grad():
+        key = model.patch_scores(x)[0] * model.patch_scores(x)[1]
+        key = key @ sd["fc16_16.weight"].T + sd["fc16_16.bias"]
+        q1 = torch.relu(semantic[:, 0] @ sd["fc32_16_a2.0.weight"].T + sd["fc32_16_a2.0.bias"])
+        q2 = torch.relu(semantic[:, 1] @ sd["fc32_16_b2.0.weight"].T + sd["fc32_16_b2.0.bias"])
+        levels = torch.relu(features[:, :, 32:].flatten(1) @ sd["fc_levels.0.weight"].T + sd["fc_levels.0.bias"])
+        gates = torch.softmax(torch.cat([q1, q2, levels, key], 1) @ sd["gating.weight"].T + sd["gating.bias"], 1)
+        mixed = gates[:, 0:1] * q1 + gates[:, 1:2] * q2 + gates[:, 2:3] * levels + gates[:, 3:4] * key
+        expected = (mixed @ sd["output_fc.weight"].T + sd["output_fc.bias"]).squeeze(1)
+        torch.testing.assert_close(model(x, features), expected, atol=1e-5, rtol=1e-5)
+        assert model.expert_names == ["semantic0", "semantic1", "levels", "maniqa"]
+        assert model.explain(x, features)["gate"].shape == (3, 4)
+    with pytest.raises(ValueError, match=r"\(B, P, 37\) \(semantic_dim \+ 5 level probabilities"):
+        model(x, semantic)
+
+
+def test_released_layout_has_no_level_expert():
+    assert not any(key.startswith("fc_levels") for key in create_model("test_ma_agiqa").state_dict())
+    only_levels = create_model("test_ma_agiqa", semantic_experts=(), level_prompts=(0,), use_maniqa=False)
+    assert only_levels.expert_names == ["levels"]
+    x, semantic = tiny_inputs()
+    assert only_levels.eval()(None, level_features(semantic)).shape == (3,)

@@ -105,3 +105,21 @@ def tiny_llava(seed: int = 0, level_words: bool = False):
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=LLAVA_TEMPLATE)
     return model, processor
+
+
+def hand_levels(pair, image, question: str, answer: str) -> tuple[torch.Tensor, float]:
+    """The Q-Align rule written out by hand for one unpadded sequence through the whole model (LM head included):
+    the last position's logits of the five ' <word>' tokens -> softmax -> expectation over 5..1."""
+    model, processor = pair
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = text + answer if text[-1].isspace() else text + " " + answer
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+    ids = [processor.tokenizer.convert_tokens_to_ids("Ġ" + word) for word in ("excellent", "good", "fair",
+                                                                                   "poor", "bad")]
+    chosen = logits[ids].double()
+    probabilities = chosen.exp() / chosen.exp().sum()
+    expectation = sum(p * v for p, v in zip(probabilities.tolist(), (5, 4, 3, 2, 1)))
+    return probabilities.float(), expectation

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _tiny import tiny_llava, tiny_qwen2_vl
+from _tiny import hand_levels, tiny_llava, tiny_qwen2_vl
 from conftest import make_images
 
 from agiqa.semantic import HFVLMEncoder, SemanticEncoderError
@@ -24,23 +24,6 @@ def level_encoder(pair, **kwargs):
     model, processor = pair
     return HFVLMEncoder(model, processor, name="tiny", prompts=QUESTIONS, answers=ANSWERS, precision="fp32",
                         device="cpu", **kwargs)
-
-
-def hand_levels(pair, image, question: str, answer: str) -> tuple[torch.Tensor, float]:
-    """One unpadded sequence through the whole model (LM head included): the last position's logits of the five
-    ' <word>' tokens -> softmax -> expectation over 5..1, written out by hand."""
-    model, processor = pair
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = text + answer if text[-1].isspace() else text + " " + answer
-    inputs = processor(text=[text], images=[image], return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1]
-    ids = [processor.tokenizer.convert_tokens_to_ids("Ġ" + word) for word in LEVEL_WORDS]
-    chosen = logits[ids].double()
-    probabilities = chosen.exp() / chosen.exp().sum()
-    expectation = sum(p * v for p, v in zip(probabilities.tolist(), (5, 4, 3, 2, 1)))
-    return probabilities.float(), expectation
 
 
 def test_level_scores_equal_a_hand_computation(level_pair):

@@ -14,6 +14,7 @@ from agiqa.demo import DEMO_CONFIG, cosine_steps, run_demo
 from agiqa.metrics import compute_metrics
 from agiqa.scoring.scorer import Scorer
 from agiqa.semantic import FeatureCache
+from agiqa.semantic.levels import LEVEL_QUESTIONS
 from agiqa.training.config import TrainConfig
 from agiqa.training.run import train
 
@@ -46,6 +47,30 @@ def test_demo_with_a_local_vlm_extracts_features_on_demand_and_trains_all_expert
     assert saved["semantic_experts"] == [0, 1] and saved["use_maniqa"] is True
     assert saved["semantic_dim"] == cache.fingerprint["feature_dim"]
     assert results["metrics"]["n_scored"] == 8
+
+
+def test_level_expert_trains_from_level_features_extracted_on_demand(tmp_path):
+    """MA-AGIQA with the extra `levels` expert: a config asks the encoder for answer prefixes, the features are
+    extracted with level probabilities appended, and the expert is gated beside the paper's experts."""
+    sys.path.insert(0, str(SEMANTIC_TESTS))
+    from _tiny import tiny_llava
+
+    vlm = tmp_path / "vlm"
+    for part in tiny_llava(seed=1, level_words=True):
+        part.save_pretrained(vlm)
+    data = tmp_path / "data"
+    generate_synthetic(data, n=40, seed=3, image_size=32)
+    answer = LEVEL_QUESTIONS["quality"][1]
+    config = tiny_config(data, tmp_path, model={"name": "test_ma_agiqa", "kwargs": {"level_prompts": [0, 1]}},
+                         data={"features": {"cache": str(tmp_path / "features"), "encoder": str(vlm),
+                                            "answers": [answer, answer], "precision": "fp32"}})
+    metrics = train(config, progress=False)
+    assert metrics["n_scored"] == 8
+    assert FeatureCache(tmp_path / "features").fingerprint["answers"] == [answer, answer]
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    gates = [column for column in predictions if column.startswith("gate_")]
+    assert gates == ["gate_semantic0", "gate_semantic1", "gate_levels", "gate_maniqa"]
+    assert predictions[gates].notna().all().all()
 
 
 def test_reproduce_runs_each_seed_on_both_splits_and_tables_mean_and_std(reproduced):

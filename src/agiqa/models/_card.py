@@ -102,7 +102,9 @@ def _inputs(model: nn.Module, uses_text: bool) -> str:
                 "crops whose scores are averaged (the processor of the released code)")
     else:
         text = f"RGB image, resized to {size}x{size} by the model's preprocessing"
-    if getattr(model.config, "semantic_experts", ()):
+    from agiqa.models._factory import needs_semantic
+
+    if needs_semantic(model):
         text += "; semantic features of a VLM (feature cache or `--encoder`)"
     return text + ("; the image's generation prompt" if uses_text else "")
 

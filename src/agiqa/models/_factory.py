@@ -72,6 +72,12 @@ def model_scores(model: nn.Module, batch: dict):
     return model(*_model_inputs(model, batch))
 
 
+def needs_semantic(model: nn.Module) -> bool:
+    """True for models fed semantic features of a VLM (MA-AGIQA's semantic or level experts, a zero-shot VLM)."""
+    config = model.config
+    return bool(getattr(config, "semantic_experts", ()) or getattr(config, "level_prompts", ()))
+
+
 def expert_names(model: nn.Module) -> list[str]:
     """The model's mixture-of-experts experts (gate order), or [] when it has none to explain."""
     return list(getattr(model, "expert_names", []))

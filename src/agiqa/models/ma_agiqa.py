@@ -17,6 +17,7 @@ from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
 from agiqa.models.maniqa import Maniqa, ManiqaConfig, _tiny_maniqa_kwargs, full_precision
 from agiqa.models.maniqa import checkpoint_filter_fn as maniqa_checkpoint_filter_fn
+from agiqa.semantic.levels import LEVEL_COUNT
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class MaAgiqaConfig(ManiqaConfig):
         semantic_experts: which prompts of the feature cache feed an expert, by index (0 = semantic content,
             1 = coherence); `()` gives the MANIQA-only ablation.
         use_maniqa: whether the MANIQA expert is on (False gives the LMM-only ablation of paper Table 3).
+        level_prompts: prompts whose level-word probabilities (features extracted with answer prefixes, see
+            `agiqa.semantic.levels`; each vector then ends with 5 probabilities) feed one extra expert, `levels`,
+            gated beside the others; `()` (default, as released) leaves it out.
         fusion: "moe" (gated sum, the paper) or "concat" (concatenation + regression, paper Table 5).
         gate_activation: "none" as released, "sigmoid" as the paper describes, or "softmax".
         concat_hidden: hidden width of the concatenation head.
@@ -59,6 +63,7 @@ class MaAgiqaConfig(ManiqaConfig):
     semantic_dim: int = 4096
     semantic_experts: tuple[int, ...] = (0, 1)
     use_maniqa: bool = True
+    level_prompts: tuple[int, ...] = ()
     fusion: str = "moe"
     gate_activation: str = "none"
     concat_hidden: int = 128
@@ -66,12 +71,14 @@ class MaAgiqaConfig(ManiqaConfig):
     def __post_init__(self):
         super().__post_init__()
         self.semantic_experts = tuple(int(i) for i in self.semantic_experts)
+        self.level_prompts = tuple(int(i) for i in self.level_prompts)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.gate_activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate_activation must be one of {GATE_ACTIVATIONS}, got {self.gate_activation!r}")
-        if not self.use_maniqa and not self.semantic_experts:
-            raise ValueError("MA-AGIQA needs at least one expert: use_maniqa=True or a non-empty semantic_experts")
+        if not self.use_maniqa and not self.semantic_experts and not self.level_prompts:
+            raise ValueError("MA-AGIQA needs at least one expert: use_maniqa=True, semantic_experts or "
+                             "level_prompts")
         if len(set(self.semantic_experts)) != len(self.semantic_experts):
             raise ValueError(f"semantic_experts has duplicates: {self.semantic_experts}")
 
@@ -103,6 +110,9 @@ class AfmLayers:
         for name in self.semantic_expert_names:
             self.add_module(name, nn.Sequential(nn.Linear(config.semantic_dim, fused), nn.ReLU(),
                                                 nn.Dropout(config.drop)))
+        if config.level_prompts:
+            self.fc_levels = nn.Sequential(nn.Linear(LEVEL_COUNT * len(config.level_prompts), fused), nn.ReLU(),
+                                           nn.Dropout(config.drop))
         num_experts = self.num_experts
         if config.fusion == "moe":
             self.gating = nn.Linear(fused * num_experts, num_experts)
@@ -114,16 +124,20 @@ class AfmLayers:
 
     @property
     def num_experts(self) -> int:
-        return len(self.semantic_expert_names) + int(self.config.use_maniqa)
+        return len(self.semantic_expert_names) + bool(self.config.level_prompts) + int(self.config.use_maniqa)
 
     def experts(self, visual: torch.Tensor | None, semantic: torch.Tensor | None) -> torch.Tensor:
-        """Transformed experts stacked in the official order [semantic..., maniqa] → (B, E, num_patches)."""
+        """Transformed experts stacked in the official order [semantic..., (levels), maniqa] → (B, E, num_patches)."""
         outputs = []
-        if self.semantic_expert_names:
+        if self.semantic_expert_names or self.config.level_prompts:
             self._check_semantic(semantic)
             semantic = semantic.float()
+            hidden = semantic[..., :self.config.semantic_dim]
             for name, index in zip(self.semantic_expert_names, self.config.semantic_experts):
-                outputs.append(getattr(self, name)(semantic[:, index]))
+                outputs.append(getattr(self, name)(hidden[:, index]))
+        if self.config.level_prompts:
+            levels = semantic[:, list(self.config.level_prompts), self.config.semantic_dim:]
+            outputs.append(self.fc_levels(levels.flatten(1)))
         if self.config.use_maniqa:
             outputs.append(getattr(self, self.visual_expert_name)(visual.float()))
         return torch.stack(outputs, dim=1)
@@ -131,10 +145,12 @@ class AfmLayers:
     def _check_semantic(self, semantic: torch.Tensor | None) -> None:
         if semantic is None:
             raise ValueError("this MA-AGIQA variant needs semantic features: pass `semantic` of shape (B, P, D)")
-        if semantic.dim() != 3 or semantic.shape[-1] != self.config.semantic_dim:
-            raise ValueError(f"semantic features must be (B, P, {self.config.semantic_dim}), "
-                             f"got {tuple(semantic.shape)}")
-        needed = max(self.config.semantic_experts) + 1
+        width = self.config.semantic_dim + (LEVEL_COUNT if self.config.level_prompts else 0)
+        if semantic.dim() != 3 or semantic.shape[-1] != width:
+            levels = (f" (semantic_dim + {LEVEL_COUNT} level probabilities: extract with answer prefixes)"
+                      if self.config.level_prompts else "")
+            raise ValueError(f"semantic features must be (B, P, {width}){levels}, got {tuple(semantic.shape)}")
+        needed = max(self.config.semantic_experts + self.config.level_prompts) + 1
         if semantic.shape[1] < needed:
             raise ValueError(f"semantic features hold {semantic.shape[1]} prompts; expert indices need {needed}")
 
@@ -160,10 +176,12 @@ class AfmLayers:
 
     @property
     def expert_names(self) -> list[str]:
-        """AFM experts in gate order (`semantic<prompt>`..., `maniqa`); none for concatenation fusion (no gates)."""
+        """AFM experts in gate order (`semantic<prompt>`..., `levels`, `maniqa`); none for concatenation fusion (no
+        gates)."""
         if self.config.fusion != "moe":
             return []
-        return [f"semantic{i}" for i in self.config.semantic_experts] + ["maniqa"] * int(self.config.use_maniqa)
+        return ([f"semantic{i}" for i in self.config.semantic_experts] + ["levels"] * bool(self.config.level_prompts)
+                + ["maniqa"] * int(self.config.use_maniqa))
 
     def explain_fusion(self, visual: torch.Tensor | None, semantic: torch.Tensor | None = None) -> dict:
         """The score (B,) with the gate weights (B, E) and each expert's own score (B, E): the head applied to that

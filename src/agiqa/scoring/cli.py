@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         "Several processes: torchrun --standalone --nproc_per_node N -m agiqa score ... --out DIR; a Ray cluster: "
         "--engine ray.",
     )
-    parser.add_argument("model", help="model directory, or a registered name such as maniqa.koniq10k")
+    parser.add_argument("model", help="model directory, a registered name such as maniqa.koniq10k, or a zero-shot "
+                        "VLM: vlm:<VLM id or folder> (expected quality level 1..5, Q-Align rule) / "
+                        "vlm-alignment:<...> (how well each image matches its prompt)")
     parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively), lists (.csv/.tsv/"
                         ".parquet with an `image` and optional `prompt` column; relative paths are relative to the "
                         "list) and WebDataset shards (.tar; prompt from a .txt or .json sidecar)")

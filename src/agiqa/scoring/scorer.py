@@ -34,10 +34,12 @@ class ScoreResult:
 class Scorer:
     """Wraps a quality model for inference: preprocessing as in training, batching, precision, semantic features.
 
-    `model` is a registered name (`"maniqa.koniq10k"`) or a directory written by `save_pretrained` / a training run's
-    `model/` folder. MA-AGIQA variants with semantic experts need `encoder` (a VLM id or directory) to compute the
-    features of new images; prompts fill `{prompt}` placeholders of the encoder's questions. `compile=True` runs the
-    model through `torch.compile` (`compile_mode`, e.g. "reduce-overhead" for CUDA graphs): on a GPU the first batch of
+    `model` is a registered name (`"maniqa.koniq10k"`), a directory written by `save_pretrained` / a training run's
+    `model/` folder, or a zero-shot VLM (`"vlm:<hub id or folder>"`, `"vlm-alignment:<...>"`: the VLM's expected
+    quality level, `agiqa.models.vlm_levels`; its encoder is the VLM itself). MA-AGIQA variants with semantic
+    experts need `encoder` (a VLM id or directory) to compute the features of new images; prompts fill `{prompt}`
+    placeholders of the encoder's questions. `compile=True` runs the model through `torch.compile` (`compile_mode`,
+    e.g. "reduce-overhead" for CUDA graphs): on a GPU the first batch of
     each size compiles (tens of seconds), which pays off on large folders; on a CPU MANIQA's backbone compiles once,
     for one image, and gains a few percent at most (docs/maniqa.md, Speed). Every input is decoded by
     `agiqa.data.images.decode_image` (one rule for paths, bytes, PIL images and arrays; `max_pixels` bounds it).
@@ -47,21 +49,27 @@ class Scorer:
                  precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
                  compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  features: str | os.PathLike | None = None):
-        from agiqa.models._factory import expert_names
+        from agiqa.models._factory import expert_names, needs_semantic
+        from agiqa.runtime import resolve_device
         from agiqa.scoring.inference import prepare_model
 
-        self.model = prepare_model(_build(model, pretrained), device, compile=compile, compile_mode=compile_mode)
+        built = _build(model, pretrained, trust_remote_code)
+        self.model = prepare_model(built, device, compile=compile, compile_mode=compile_mode)
         # Gate weights and per-expert scores come from the eager model; a compiled forward serves scores only.
         self.expert_names = [] if compile or compile_mode else expert_names(self.model)
-        self.device = next(self.model.parameters()).device
+        self.device = resolve_device(device)
         self.precision = precision
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self.needs_semantic = bool(getattr(self.model.config, "semantic_experts", ()))
+        self.needs_semantic = needs_semantic(built)
         # Models with their own preprocessing (MoE-AGIQA: seeded crops + prompt image + tokens).
         self.processor = self.model.processor() if hasattr(self.model, "processor") else None
-        self.preprocess = self.processor or ResizeNormalize(int(self.model.config.img_size))
-        self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
+        self.preprocess = self.processor or (ResizeNormalize(int(self.model.config.img_size))
+                                             if "image" in getattr(built, "input_names", ("image",)) else no_pixels)
+        if hasattr(built, "build_encoder"):  # the model names its own encoder (a zero-shot VLM)
+            self.encoder = built.build_encoder(self.device, precision)
+        else:
+            self.encoder = _encoder(encoder, trust_remote_code) if self.needs_semantic else None
         self.features = _feature_cache(features, self.encoder) if self.needs_semantic and features else None
         cfg = getattr(self.model, "pretrained_cfg", None)
         self.score_range = tuple(cfg.score_range) if cfg else None
@@ -95,8 +103,10 @@ class Scorer:
         return [key not in self.features for key in keys]
 
     @property
-    def image_size(self) -> int:
-        return int(self.model.config.img_size)
+    def image_size(self) -> int | None:
+        """The model's input size; None for models that take no pixels of their own (a zero-shot VLM)."""
+        size = getattr(self.model.config, "img_size", None)
+        return int(size) if size is not None else None
 
     def score(self, images: list, prompts: list[str] | None = None, names: list[str] | None = None) -> ScoreResult:
         """Scores for image paths, encoded bytes, PIL images or arrays; a failing image gets NaN and an error.
@@ -234,17 +244,25 @@ class ResizeNormalize:
         return {"image": normalize(torch.stack([resize_image(image, self.size) for image in pil_images]))}
 
 
+def no_pixels(pil_images: Sequence, prompts: Sequence[str] | None = None) -> dict:
+    """The preprocessing of models fed semantic features only: the decoded images go to the encoder as they are."""
+    return {}
+
+
 def _input_name(item, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
     return getattr(item, "filename", None) or f"image {index}"
 
 
-def _build(model, pretrained) -> nn.Module:
+def _build(model, pretrained, trust_remote_code: bool = False) -> nn.Module:
     from agiqa.models import create_model
+    from agiqa.models.vlm_levels import is_vlm_spec, model_from_spec
 
     if isinstance(model, nn.Module):
         return model
+    if is_vlm_spec(model):
+        return model_from_spec(model, trust_remote_code)
     if Path(model).is_dir():
         from agiqa.models import saved_architecture
 

@@ -18,6 +18,7 @@ from agiqa.semantic.base import SemanticEncoderError
 
 LEVEL_WORDS: tuple[str, ...] = ("excellent", "good", "fair", "poor", "bad")
 LEVEL_VALUES: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0, 1.0)
+LEVEL_COUNT = len(LEVEL_WORDS)
 
 QUALITY_QUESTION = "How would you rate the quality of this image?"
 QUALITY_ANSWER = "The quality of the image is"
@@ -77,9 +78,10 @@ def level_probabilities(level_logits: torch.Tensor) -> torch.Tensor:
 
 
 def expected_level(probabilities: torch.Tensor) -> torch.Tensor:
-    """(..., 5) level probabilities -> (...) expected level on the 1 (bad) .. 5 (excellent) scale."""
-    values = torch.tensor(LEVEL_VALUES, dtype=probabilities.dtype, device=probabilities.device)
-    return probabilities @ values
+    """(..., 5) level probabilities -> (...) expected level on the 1 (bad) .. 5 (excellent) scale, in float32 (also
+    under autocast)."""
+    values = torch.tensor(LEVEL_VALUES, device=probabilities.device)
+    return (probabilities.float() * values).sum(dim=-1)
 
 
 def _ids(tokenizer, text: str) -> list[int]:

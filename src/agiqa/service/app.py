@@ -200,9 +200,10 @@ def register(subparsers) -> None:
         "image, + `explain=true`) to /score. Concurrent requests share model batches (--batch-size images, "
         "--max-wait-ms); when --max-queue images wait, new requests get 503 with Retry-After. Limits answer 413 "
         "(upload, images, pixels), 415 (not an image) or 422 (prompts). Needs the [serve] extra.")
-    parser.add_argument("model", help="model directory or registered name (as for `agiqa score`)")
+    parser.add_argument("model", help="model directory, registered name or vlm:<VLM> (as for `agiqa score`)")
     parser.add_argument("--weights", help="weights for a registered model name")
     parser.add_argument("--encoder", help="VLM for MA-AGIQA's semantic features")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the VLM's own code (mPLUG-Owl2)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto")
@@ -229,6 +230,7 @@ def _serve(args) -> int:
                            max_pixels=args.max_pixels, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
                            max_queue=args.max_queue, timeout_s=args.timeout)
     scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, encoder=args.encoder,
-                    precision=args.precision, batch_size=args.batch_size, max_pixels=args.max_pixels)
+                    trust_remote_code=args.trust_remote_code, precision=args.precision, batch_size=args.batch_size,
+                    max_pixels=args.max_pixels)
     uvicorn.run(create_app(scorer, str(args.model), limits), host=args.host, port=args.port)
     return 0

@@ -75,7 +75,9 @@ def _register_evaluate(subparsers) -> None:
         description="Evaluate a trained model directory (a run's model/ folder or any save_pretrained output) on a "
         "dataset: metrics raw and after the logistic fit, per-generator breakdown, predictions CSV, plot.",
     )
-    parser.add_argument("model_dir", help="directory with config.json + model.safetensors")
+    parser.add_argument("model_dir", help="directory with config.json + model.safetensors, or a zero-shot VLM "
+                        "baseline: vlm:<VLM id or folder> (quality) / vlm-alignment:<...> (no training; its level "
+                        "answers are extracted into --features, default OUT/features)")
     parser.add_argument("--dataset", required=True, help="dataset name (agiqa datasets list) or 'csv'")
     parser.add_argument("--root", required=True, help="dataset root directory")
     parser.add_argument("--target", help="MOS column to evaluate against (dataset default if omitted)")
@@ -90,6 +92,7 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--split-file", help="split JSON written by a training run (split.json)")
     parser.add_argument("--features", help="semantic feature cache for MA-AGIQA models")
     parser.add_argument("--encoder", help="VLM id/path to extract missing semantic features")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the VLM's own code (mPLUG-Owl2)")
     parser.add_argument("--image-size", type=int, help="input size (defaults to the model's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -101,14 +104,18 @@ def _evaluate(args) -> int:
     from agiqa.cli import quiet_lightning
 
     quiet_lightning(args.verbose)
+    from agiqa.models.vlm_levels import is_vlm_spec
     from agiqa.training.config import DataSection, FeatureSection
     from agiqa.training.run import evaluate, model_image_size
 
+    zero_shot = is_vlm_spec(args.model_dir)  # takes no pixels: the image size is not used
     data = DataSection(dataset=args.dataset, root=args.root, target=args.target, csv=args.csv,
                        image_col=args.image_col, score_col=args.score_col, prompt_col=args.prompt_col,
                        split_method=args.split_method, split_seed=args.split_seed, split_file=args.split_file,
-                       image_size=args.image_size or model_image_size(args.model_dir),
-                       features=FeatureSection(cache=args.features, encoder=args.encoder))
+                       image_size=args.image_size or (DataSection.image_size if zero_shot
+                                                      else model_image_size(args.model_dir)),
+                       features=FeatureSection(cache=args.features, encoder=args.encoder,
+                                               trust_remote_code=args.trust_remote_code, precision=args.precision))
     metrics = evaluate(args.model_dir, data, args.out, subset="all" if args.subset == "all" else "split",
                        device=args.device, precision=args.precision)
     _print_overall(metrics, args.out)

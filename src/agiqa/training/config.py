@@ -23,12 +23,19 @@ class ModelSection:
 
 @dataclass
 class FeatureSection:
-    """Semantic features for MA-AGIQA: a feature cache directory, extracted with `encoder` if missing."""
+    """Semantic features for MA-AGIQA: a feature cache directory, extracted with `encoder` if missing.
+
+    `prompts` (default: the paper's two questions) and `answers` (answer prefixes that add level probabilities,
+    `agiqa.semantic.levels`) are the encoder's questions when it extracts; `precision` its compute precision
+    ("auto": bf16 on GPUs and bf16-capable CPUs, else fp32)."""
 
     cache: str | None = None
     encoder: str | None = None
     trust_remote_code: bool = False
     batch_size: int = 8
+    prompts: list[str] | None = None
+    answers: list[str] | None = None
+    precision: str = "auto"
 
 
 @dataclass

@@ -87,7 +87,7 @@ class EpochShuffle(Sampler):
 
 
 class AGIQASamples(Dataset):
-    """Rows of a split: normalised image (3, S, S), MOS, row index, and semantic features (P, D) when present."""
+    """Rows of a split: normalised image (3, S, S) and semantic features (P, D) where present, MOS, row index."""
 
     def __init__(self, images, mos, rows, semantic=None, train_augment=False, augment_prob=0.7):
         self.images, self.mos, self.rows, self.semantic = images, mos, list(rows), semantic
@@ -98,10 +98,10 @@ class AGIQASamples(Dataset):
 
     def __getitem__(self, item: int) -> dict:
         row = self.rows[item]
-        image = self.images[row]
-        if self.train_augment:
-            image = augment(image, self.augment_prob)
-        sample = {"image": normalize(image), "mos": self.mos[row], "row": row}
+        sample = {"mos": self.mos[row], "row": row}
+        if self.images is not None:
+            image = self.images[row]
+            sample["image"] = normalize(augment(image, self.augment_prob) if self.train_augment else image)
         if self.semantic is not None:
             sample["semantic"] = self.semantic[row]
         return sample
@@ -193,15 +193,17 @@ class AGIQADataModule(L.LightningDataModule):
     labels, makes the split and decodes images in every process. The split is by row index and `check_disjoint`
     guarantees no test row is trained on. `test_config` (another dataset) gives cross-dataset testing.
     With a `processor` (a model's own preprocessing, see `ProcessedSamples`) images are decoded per sample instead,
-    with `train_crops` / `test_crops` crops per image.
+    with `train_crops` / `test_crops` crops per image. Models fed semantic features only (`needs_images=False`, a
+    zero-shot VLM) get no decoded images.
     """
 
     def __init__(self, config: DataSection, needs_semantic: bool = False, official_quirks: bool = False,
                  seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split",
-                 processor=None, train_crops: int = 1, test_crops: int = 1, select_on_test: bool = False):
+                 processor=None, train_crops: int = 1, test_crops: int = 1, select_on_test: bool = False,
+                 needs_images: bool = True):
         super().__init__()
         self.config = config
-        self.needs_semantic = needs_semantic
+        self.needs_semantic, self.needs_images = needs_semantic, needs_images
         self.official_quirks = official_quirks
         self.seed = seed
         self.test_config = test_config
@@ -218,7 +220,7 @@ class AGIQADataModule(L.LightningDataModule):
                 ensure_features(config, frame)
 
     def setup(self, stage: str | None = None) -> None:
-        decode = self.processor is None
+        decode = self.processor is None and self.needs_images
         if self.fit_data is None:
             self.fit_data = load_data(self.config, self.needs_semantic, decode=decode)
         if self.test_data is None:
@@ -281,7 +283,11 @@ def ensure_features(config: DataSection, frame: pd.DataFrame) -> None:
     except (MissingFeaturesError, FeatureCacheError):
         if not features.encoder:
             raise
-    encoder = create_encoder(features.encoder, trust_remote_code=features.trust_remote_code)
+    questions = {"prompts": features.prompts} if features.prompts else {}
+    if features.answers:
+        questions["answers"] = features.answers
+    encoder = create_encoder(features.encoder, trust_remote_code=features.trust_remote_code,
+                             precision=features.precision, **questions)
     report = extract_features(list(frame["path"]), encoder, features.cache, batch_size=features.batch_size,
                               generation_prompts=list(frame["prompt"]))
     if report.failed:

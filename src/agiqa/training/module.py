@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from agiqa.metrics import compute_metrics
-from agiqa.models import create_model, model_scores
+from agiqa.models import create_model, model_scores, needs_semantic
 
 LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss}
 
@@ -38,7 +38,7 @@ class IQAModule(L.LightningModule):
     @property
     def uses_semantic(self) -> bool:
         """True when the model has semantic experts, so batches must carry features."""
-        return bool(getattr(self.model.config, "semantic_experts", ()))
+        return needs_semantic(self.model)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return model_scores(self.model, batch)

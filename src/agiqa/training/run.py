@@ -22,7 +22,7 @@ from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
 from agiqa.training.datamodule import AGIQADataModule, check_data_root
-from agiqa.models import model_scores, saved_architecture
+from agiqa.models import model_scores, needs_semantic, saved_architecture
 from agiqa.training.module import IQAModule
 from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
 
@@ -66,13 +66,11 @@ def test_data(config: TrainConfig, data: DataSection) -> DataSection | None:
                                target=config.test.target, csv=None, split_file=None)
 
 
-def needs_semantic(model: torch.nn.Module) -> bool:
-    """True for models fed cached semantic features (MA-AGIQA with semantic experts)."""
-    return bool(getattr(model.config, "semantic_experts", ()))
-
-
 def processing(model: torch.nn.Module) -> dict:
-    """Datamodule arguments of models with their own preprocessing (MoE-AGIQA: crops + prompt image + tokens)."""
+    """Datamodule arguments of models with their own preprocessing (MoE-AGIQA: crops + prompt image + tokens) or
+    without pixel input (a zero-shot VLM reads semantic features only)."""
+    if "image" not in getattr(model, "input_names", ("image",)):
+        return {"needs_images": False}
     if not hasattr(model, "processor"):
         return {}
     return {"processor": model.processor(), "train_crops": model.config.train_crops,
@@ -163,10 +161,13 @@ def training_record(config: TrainConfig, datamodule: AGIQADataModule) -> dict:
 
 
 def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
-    """Size the semantic experts to the cached features (e.g. 4096 for mPLUG-Owl2, 1536 for Qwen2-VL-2B)."""
+    """Size the semantic experts to the cached features (e.g. 4096 for mPLUG-Owl2, 1536 for Qwen2-VL-2B; features
+    with level probabilities end with 5 more values, read by the `levels` expert)."""
+    from agiqa.semantic.levels import LEVEL_COUNT
+
     datamodule.prepare_data()
     datamodule.setup("fit")
-    dim = int(datamodule.fit_data.semantic.shape[-1])
+    dim = int(datamodule.fit_data.semantic.shape[-1]) - (LEVEL_COUNT if module.model.config.level_prompts else 0)
     config.model.kwargs["semantic_dim"] = dim
     if dim == module.model.config.semantic_dim:
         return module
@@ -249,19 +250,35 @@ def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir
 
 def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subset: str = "split",
              device: str | None = None, precision: str = "auto") -> dict:
-    """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset."""
+    """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset, or a zero-shot
+    VLM (`vlm:<id>`, `vlm-alignment:<id>`: its level features are extracted into `data.features.cache`, default
+    OUT/features)."""
     from agiqa.models import create_model
+    from agiqa.models.vlm_levels import is_vlm_spec, model_from_spec
 
-    model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
+    if is_vlm_spec(model_dir):
+        model = model_from_spec(str(model_dir), trust_remote_code=data.features.trust_remote_code)
+        data = with_level_features(data, model, out_dir)
+    else:
+        model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
     data = with_image_cache(data)
     datamodule = AGIQADataModule(data, needs_semantic=needs_semantic(model), test_subset=subset, **processing(model))
     datamodule.prepare_data()
     datamodule.setup("test")
     metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
                               precision=precision)
-    metrics["model_dir"] = str(Path(model_dir).resolve())  # for `agiqa report`'s heat maps
+    metrics["model_dir"] = str(model_dir) if is_vlm_spec(model_dir) else str(Path(model_dir).resolve())  # heat maps
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def with_level_features(data: DataSection, model: torch.nn.Module, out_dir: str | Path) -> DataSection:
+    """`data` whose features are the zero-shot VLM's level answers (cache: the given one, else OUT/features)."""
+    options = model.encoder_options()
+    features = dataclasses.replace(data.features, cache=data.features.cache or str(Path(out_dir) / "features"),
+                                   encoder=model.config.encoder, prompts=list(options["prompts"]),
+                                   answers=list(options["answers"]))
+    return dataclasses.replace(data, features=features)
 
 
 def model_image_size(model_dir: str | Path) -> int:
