@@ -80,3 +80,11 @@ def test_bench_serve_loads_a_real_server_and_reports_latency_throughput_and_memo
     assert all(0 < p50 <= p99 for p50, _, p99 in (sequential["latency_ms"], concurrent["latency_ms"]))
     assert concurrent["mean_batch"] >= 1 and concurrent["ratio"] > 0 and min(concurrent["rss_mb"]) > 50
     assert "concurrent" in capsys.readouterr().out
+
+
+def test_bench_levels_prints_each_path_beside_feature_extraction(capsys):
+    rows = load_script("bench_levels").main(["--size", "tiny", "--images", "4", "--batch-size", "2", "--repeats", "1"])
+    assert [row["path"] for row in rows] == ["features", "features + levels", "features, then a level pass",
+                                             "zero-shot score"]
+    assert rows[0]["vs_features"] == 1 and all(row["images_per_s"] > 0 for row in rows)
+    assert "zero-shot score" in capsys.readouterr().out

@@ -69,12 +69,10 @@ def test_data(config: TrainConfig, data: DataSection) -> DataSection | None:
 def processing(model: torch.nn.Module) -> dict:
     """Datamodule arguments of models with their own preprocessing (MoE-AGIQA: crops + prompt image + tokens) or
     without pixel input (a zero-shot VLM reads semantic features only)."""
-    if "image" not in getattr(model, "input_names", ("image",)):
-        return {"needs_images": False}
-    if not hasattr(model, "processor"):
-        return {}
-    return {"processor": model.processor(), "train_crops": model.config.train_crops,
-            "test_crops": model.config.test_crops}
+    if hasattr(model, "processor"):
+        return {"processor": model.processor(), "train_crops": model.config.train_crops,
+                "test_crops": model.config.test_crops}
+    return {} if "image" in getattr(model, "input_names", ("image",)) else {"needs_images": False}
 
 
 def lightning_precision(precision: str, accelerator: str) -> str:
