@@ -6,6 +6,7 @@ below checks what our code sends it (prompt text, square padding, dtype, pooling
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 
@@ -141,8 +142,8 @@ class _FakeOwl(torch.nn.Module):
         return {"hidden_states": (hidden * 0.5, hidden)}
 
 
-@pytest.fixture
-def fake_mplug_owl2(monkeypatch):
+def _install_fake_package(monkeypatch, loaded) -> None:
+    """A stand-in `mplug_owl2` package whose loader returns `loaded` (tokenizer, model, image processor, context)."""
     pkg = types.ModuleType("mplug_owl2")
     constants = types.ModuleType("mplug_owl2.constants")
     constants.IMAGE_TOKEN_INDEX = IMAGE_TOKEN_INDEX
@@ -150,8 +151,6 @@ def fake_mplug_owl2(monkeypatch):
     mm_utils.tokenizer_image_token = _fake_tokenizer_image_token
     mm_utils.get_model_name_from_path = lambda p: p.strip("/").split("/")[-1]
     builder = types.ModuleType("mplug_owl2.model.builder")
-    torch.manual_seed(0)
-    loaded = (_FakeTokenizer(), _FakeOwl(), _FakeImageProcessor(), 2048)
     builder.load_pretrained_model = lambda *a, **k: loaded
     model_pkg = types.ModuleType("mplug_owl2.model")
     for name, mod in {"mplug_owl2": pkg, "mplug_owl2.constants": constants, "mplug_owl2.mm_utils": mm_utils,
@@ -159,6 +158,13 @@ def fake_mplug_owl2(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
     _fake_tokenizer_image_token.prompts = []
     _FakeImageProcessor.sizes = []
+
+
+@pytest.fixture
+def fake_mplug_owl2(monkeypatch):
+    torch.manual_seed(0)
+    loaded = (_FakeTokenizer(), _FakeOwl(), _FakeImageProcessor(), 2048)
+    _install_fake_package(monkeypatch, loaded)
     return loaded
 
 
@@ -185,3 +191,74 @@ def test_mplug_contract_with_stand_in(fake_mplug_owl2):
     pos = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
     torch.testing.assert_close(image_only[0, 1], hidden[pos:pos + N_VISUAL].mean(0))
     assert enc.fingerprint()["template"] == "USER: {question}\n<|image|> ASSISTANT:"
+
+
+class _WordTokenizer:
+    """SentencePiece-like stand-in: one token per word with its leading space, ids in order of first sight."""
+
+    bos_token_id = 1
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [self.vocab.setdefault(word, len(self.vocab) + 2) for word in re.findall(r"\s*\S+", text)]
+        return _Encoded(input_ids=[self.bos_token_id] * add_special_tokens + ids)
+
+    def convert_ids_to_tokens(self, ids):
+        names = {i: word for word, i in self.vocab.items()}
+        return [names.get(i, "<s>") for i in ids]
+
+
+class _Encoded(dict):
+    @property
+    def input_ids(self):
+        return self["input_ids"]
+
+
+class _FakeOwlWithHead(_FakeOwl):
+    """`_FakeOwl` with an LM head: logits = hidden @ W (all tokens), as the real model returns beside hidden states."""
+
+    def __init__(self, vocab: int = 64):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, 8)
+        self.head = torch.nn.Linear(8, vocab)
+
+    def forward(self, input_ids, images=None, output_hidden_states=False):
+        out = super().forward(input_ids, images, output_hidden_states)
+        return {**out, "logits": self.head(out["hidden_states"][-1])}
+
+
+def test_q_align_preset_reads_level_logits_after_its_template(monkeypatch):
+    """`vlm:q-align` on a stand-in mPLUG-Owl2: Q-Align's prompt text, and score = softmax over the five level-word
+    logits of the last position, expectation over 5..1 (computed here by hand)."""
+    from agiqa.models.vlm_levels import model_from_spec
+    from agiqa.scoring.scorer import Scorer
+    from agiqa.semantic.levels import LEVEL_WORDS
+
+    torch.manual_seed(0)
+    tokenizer, owl = _WordTokenizer(), _FakeOwlWithHead()
+    _install_fake_package(monkeypatch, (tokenizer, owl, _FakeImageProcessor(), 2048))
+    with pytest.raises(SemanticEncoderError, match="--trust-remote-code"):
+        Scorer("vlm:q-align", device="cpu")
+    model = model_from_spec("vlm:q-align", trust_remote_code=True)
+    assert model.config.encoder == "q-future/one-align" and is_mplug_owl2(model.config.encoder)
+    scorer = Scorer(model, device="cpu", precision="fp32")
+    images = [Image.new("RGB", (40, 20), (200, 10, 10)), Image.new("RGB", (16, 16), (0, 0, 255))]
+    scores = scorer.score(images).scores
+    prompt = "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
+    assert _fake_tokenizer_image_token.prompts[-1] == prompt  # q_align/evaluate/scorer.py's text
+    ids = _fake_tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
+    levels = [tokenizer.vocab[" " + word] for word in LEVEL_WORDS]
+    from agiqa.semantic.hf import pad_to_square
+
+    for image, score in zip(images, scores):
+        pixels = _FakeImageProcessor().preprocess(pad_to_square(image, _FakeImageProcessor.image_mean))["pixel_values"]
+        with torch.no_grad():
+            logits = owl(ids[None], images=pixels, output_hidden_states=True)["logits"][0, -1, levels].double()
+        probabilities = logits.exp() / logits.exp().sum()
+        assert score == pytest.approx(sum(p * v for p, v in zip(probabilities.tolist(), (5, 4, 3, 2, 1))), abs=1e-5)
+    # the answer prefix is left out of the pooled features: they equal the features of the question alone
+    plain = MplugOwl2Encoder("q-future/one-align", prompts=scorer.encoder.prompts, template=scorer.encoder.template,
+                             trust_remote_code=True, device="cpu", precision="fp32")
+    torch.testing.assert_close(scorer.encoder.encode(images)[..., :-5], plain.encode(images))

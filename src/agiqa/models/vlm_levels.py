@@ -20,19 +20,25 @@ from agiqa.models._config import ModelConfig
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
 from agiqa.semantic.levels import LEVEL_COUNT, LEVEL_QUESTIONS, expected_level
+from agiqa.semantic.mplug_owl2 import Q_ALIGN_TEMPLATE
 
 SPEC_PREFIXES = {"vlm:": "quality", "vlm-alignment:": "alignment"}
-"""Model strings that name a zero-shot VLM model: `vlm:<hub id or folder>` asks about quality,
+"""Model strings that name a zero-shot VLM model: `vlm:<hub id, folder or preset>` asks about quality,
 `vlm-alignment:<...>` about how well the image matches its prompt."""
+PRESETS = {"q-align": {"encoder": "q-future/one-align", "template": Q_ALIGN_TEMPLATE}}
+"""Named VLMs: `vlm:q-align` = Q-Align's released OneAlign weights with its own prompt template (mPLUG-Owl2: needs
+the `mplug_owl2` package and --trust-remote-code)."""
 
 
 @dataclasses.dataclass
 class VlmLevelsConfig(ModelConfig):
     """encoder: the VLM (hub id or local folder); question: a name in `agiqa.semantic.levels.LEVEL_QUESTIONS`
-    (`quality`, `alignment`); trust_remote_code: allow the VLM's own code (needed by mPLUG-Owl2-based models)."""
+    (`quality`, `alignment`); template: a prompt template instead of the VLM's chat template (`{question}` and the
+    image placeholder, see the encoder); trust_remote_code: allow the VLM's own code (mPLUG-Owl2-based models)."""
 
     encoder: str = ""
     question: str = "quality"
+    template: str | None = None
     trust_remote_code: bool = False
     # The semantic feature the score is read from (prompt 0 of the encoder), as MA-AGIQA names its experts' inputs.
     semantic_experts: tuple[int, ...] = (0,)
@@ -60,7 +66,8 @@ class VlmLevels(nn.Module):
     def encoder_options(self) -> dict:
         """Keyword arguments of `agiqa.semantic.create_encoder` that make this model's features."""
         question, answer = self.question
-        return {"prompts": (question,), "answers": (answer,), "trust_remote_code": self.config.trust_remote_code}
+        options = {"prompts": (question,), "answers": (answer,), "trust_remote_code": self.config.trust_remote_code}
+        return {**options, "template": self.config.template} if self.config.template else options
 
     def build_encoder(self, device: str | torch.device | None = None, precision: str = "auto"):
         """The VLM as a level-answering semantic encoder (loads the VLM)."""
@@ -85,12 +92,15 @@ def is_vlm_spec(model: object) -> bool:
 
 
 def model_from_spec(spec: str, trust_remote_code: bool = False) -> VlmLevels:
-    """`vlm:<hub id or folder>` -> the zero-shot quality model; `vlm-alignment:<...>` -> the alignment one."""
+    """`vlm:<hub id or folder>` -> the zero-shot quality model; `vlm-alignment:<...>` -> the alignment one; a name in
+    `PRESETS` (that is not a local folder) stands for its VLM and template."""
     prefix = next(prefix for prefix in SPEC_PREFIXES if spec.startswith(prefix))
     encoder = spec[len(prefix):]
     if not encoder:
-        raise ValueError(f"{spec!r}: name the VLM after {prefix!r} (a hub id or a local folder)")
-    return vlm_levels(encoder=os.fspath(encoder), question=SPEC_PREFIXES[prefix],
+        raise ValueError(f"{spec!r}: name the VLM after {prefix!r} (a hub id, a local folder or one of "
+                         f"{', '.join(PRESETS)})")
+    preset = PRESETS.get(encoder) if not os.path.isdir(encoder) else None
+    return vlm_levels(**(preset or {"encoder": encoder}), question=SPEC_PREFIXES[prefix],
                       trust_remote_code=trust_remote_code)
 
 

@@ -28,11 +28,16 @@ from agiqa.semantic.base import (
     masked_mean,
 )
 from agiqa.semantic.hf import pad_to_square
+from agiqa.semantic.levels import LEVEL_WORDS, answer_token_count, level_probabilities, level_token_ids, with_answer
 
 logger = logging.getLogger(__name__)
 
 MPLUG_OWL2_ID = "MAGAer13/mplug-owl2-llama2-7b"
 MPLUG_OWL2_TEMPLATE = "USER: {question}\n<|image|> ASSISTANT:"
+Q_ALIGN_TEMPLATE = "USER: {question}\n<|image|>\nASSISTANT:"  # q_align/evaluate/scorer.py (Q-Future/Q-Align)
+# Q-Align's released weights: mPLUG-Owl2 models (the `mplug_owl2` package registers their class for AutoModel).
+Q_ALIGN_IDS = frozenset({"q-future/one-align", "q-future/q-align-koniq-spaq-v0", "q-future/q-align-aesthetic",
+                         "q-future/q-align-image"})
 INSTALL_HINT = (
     "mPLUG-Owl2 needs the official `mplug_owl2` package (it is not part of transformers). Install it, ideally in a "
     "separate environment because it pins transformers==4.31:\n"
@@ -49,7 +54,7 @@ def is_mplug_owl2(encoder_id: str) -> bool:
     import os
 
     lowered = str(encoder_id).lower().replace("_", "-")
-    if "mplug-owl2" in lowered:
+    if "mplug-owl2" in lowered or lowered in Q_ALIGN_IDS:
         return True
     config = os.path.join(str(encoder_id), "config.json")
     if os.path.isfile(config):
@@ -75,7 +80,9 @@ class MplugOwl2Encoder(SemanticEncoder):
     """The paper's semantic experts from mPLUG-Owl2 (official `mplug_owl2` package; `trust_remote_code=True` required).
 
     Output `(B, n_prompts, 4096)` float32. `pooling` "image" averages the visual-token span, "text" the question
-    tokens; "all" (default) is the paper's.
+    tokens; "all" (default) is the paper's. `template` holds `{question}` and the `<|image|>` placeholder (default:
+    MA-AGIQA's; Q-Align's is `Q_ALIGN_TEMPLATE`). With `answers` (one answer prefix per question) each vector ends
+    with the level-word probabilities read from the same forward (`agiqa.semantic.levels`), as for `HFVLMEncoder`.
     """
 
     def __init__(
@@ -88,6 +95,8 @@ class MplugOwl2Encoder(SemanticEncoder):
         precision: str = "auto",
         trust_remote_code: bool = False,
         revision: str | None = None,
+        template: str = MPLUG_OWL2_TEMPLATE,
+        answers: Sequence[str] | None = None,
         _loaded: tuple | None = None,
     ):
         if not trust_remote_code:
@@ -100,6 +109,10 @@ class MplugOwl2Encoder(SemanticEncoder):
         self.name = encoder_id
         self.revision = revision
         self.prompts = tuple(prompts)
+        if answers is not None and len(answers) != len(self.prompts):
+            raise SemanticEncoderError(f"got {len(self.prompts)} questions but {len(answers)} answer prefixes")
+        self.answers = tuple(answers) if answers is not None else None
+        self.template = template
         self.layer = int(layer)
         self.pooling = check_pooling(pooling)
         self.device = resolve_device(device)
@@ -110,7 +123,13 @@ class MplugOwl2Encoder(SemanticEncoder):
             _loaded = load(encoder_id, None, get_name(encoder_id), False, False, device=str(self.device))
         self.tokenizer, model, self.image_processor, _ = _loaded
         self.model = model.to(self.device, torch_dtype(self.precision)).eval().requires_grad_(False)
-        self.feature_dim = int(self.model.config.hidden_size)
+        self.hidden_dim = int(self.model.config.hidden_size)
+        self.feature_dim = self.hidden_dim + (len(LEVEL_WORDS) if self.answers else 0)
+        if self.answers:
+            texts = [self.template.replace("{question}", question) for question in self.prompts]
+            self.answer_lengths = [answer_token_count(self.tokenizer, text, answer)
+                                   for text, answer in zip(texts, self.answers)]
+            self.level_ids = level_token_ids(self.tokenizer, with_answer(texts[0], self.answers[0]))
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -122,9 +141,10 @@ class MplugOwl2Encoder(SemanticEncoder):
             "layer": self.layer,
             "pooling": self.pooling,
             "dtype": self.precision,
-            "template": MPLUG_OWL2_TEMPLATE,
+            "template": self.template,
             "square_pad": True,
             "feature_dim": self.feature_dim,
+            **({"answers": list(self.answers), "levels": list(LEVEL_WORDS)} if self.answers else {}),
         }
 
     @torch.inference_mode()
@@ -146,14 +166,16 @@ class MplugOwl2Encoder(SemanticEncoder):
             rows = [None] * len(images)
             for group in groups:
                 q = fill_prompt(question, generation_prompts[group[0]] if generation_prompts else None)
-                feats = self._encode_question(q, pixels[group])
+                feats = self._encode_question(q, pixels[group], j)
                 for i, f in zip(group, feats):
                     rows[i] = f
             per_prompt.append(torch.stack(rows))
         return torch.stack(per_prompt, dim=1).float().cpu()
 
-    def _encode_question(self, question: str, pixels: torch.Tensor) -> torch.Tensor:
-        text = MPLUG_OWL2_TEMPLATE.replace("{question}", question)
+    def _encode_question(self, question: str, pixels: torch.Tensor, index: int) -> torch.Tensor:
+        text = self.template.replace("{question}", question)
+        if self.answers:
+            text = with_answer(text, self.answers[index])
         ids = self._tokenize(text, self.tokenizer, self.image_token_index, return_tensors="pt").to(self.device)
         out = self.model(ids.unsqueeze(0).repeat(pixels.shape[0], 1), images=pixels, output_hidden_states=True)
         hidden = out["hidden_states"][self.layer]
@@ -169,4 +191,8 @@ class MplugOwl2Encoder(SemanticEncoder):
             else:
                 prefix = len(self._tokenize("USER:", self.tokenizer, self.image_token_index))
                 mask[:, prefix:pos] = True  # "<question>\n" between "USER:" and the image
-        return masked_mean(hidden, mask)
+        if not self.answers:
+            return masked_mean(hidden, mask)
+        mask[:, length - self.answer_lengths[index]:] = False  # the answer prefix is not part of the features
+        levels = level_probabilities(out["logits"][:, -1, self.level_ids])
+        return torch.cat([masked_mean(hidden, mask), levels], dim=-1)
