@@ -20,14 +20,13 @@ from agiqa.models._config import ModelConfig
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
 from agiqa.semantic.levels import LEVEL_COUNT, LEVEL_QUESTIONS, expected_level
-from agiqa.semantic.mplug_owl2 import Q_ALIGN_TEMPLATE
 
 SPEC_PREFIXES = {"vlm:": "quality", "vlm-alignment:": "alignment"}
 """Model strings that name a zero-shot VLM model: `vlm:<hub id, folder or preset>` asks about quality,
 `vlm-alignment:<...>` about how well the image matches its prompt."""
-PRESETS = {"q-align": {"encoder": "q-future/one-align", "template": Q_ALIGN_TEMPLATE}}
-"""Named VLMs: `vlm:q-align` = Q-Align's released OneAlign weights with its own prompt template (mPLUG-Owl2: needs
-the `mplug_owl2` package and --trust-remote-code)."""
+PRESETS = {"q-align": {"encoder": "q-future/one-align"}}
+"""Named VLMs: `vlm:q-align` = Q-Align's released OneAlign weights, asked with Q-Align's own prompt template
+(mPLUG-Owl2: needs the `mplug_owl2` package and --trust-remote-code)."""
 
 
 @dataclasses.dataclass

@@ -81,8 +81,9 @@ class MplugOwl2Encoder(SemanticEncoder):
 
     Output `(B, n_prompts, 4096)` float32. `pooling` "image" averages the visual-token span, "text" the question
     tokens; "all" (default) is the paper's. `template` holds `{question}` and the `<|image|>` placeholder (default:
-    MA-AGIQA's; Q-Align's is `Q_ALIGN_TEMPLATE`). With `answers` (one answer prefix per question) each vector ends
-    with the level-word probabilities read from the same forward (`agiqa.semantic.levels`), as for `HFVLMEncoder`.
+    Q-Align's `Q_ALIGN_TEMPLATE` for Q-Align's checkpoints, else MA-AGIQA's). With `answers` (one answer prefix per
+    question) each vector ends with the level-word probabilities read from the same forward
+    (`agiqa.semantic.levels`), as for `HFVLMEncoder`.
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class MplugOwl2Encoder(SemanticEncoder):
         precision: str = "auto",
         trust_remote_code: bool = False,
         revision: str | None = None,
-        template: str = MPLUG_OWL2_TEMPLATE,
+        template: str | None = None,
         answers: Sequence[str] | None = None,
         _loaded: tuple | None = None,
     ):
@@ -112,7 +113,8 @@ class MplugOwl2Encoder(SemanticEncoder):
         if answers is not None and len(answers) != len(self.prompts):
             raise SemanticEncoderError(f"got {len(self.prompts)} questions but {len(answers)} answer prefixes")
         self.answers = tuple(answers) if answers is not None else None
-        self.template = template
+        self.template = template or (Q_ALIGN_TEMPLATE if str(encoder_id).lower() in Q_ALIGN_IDS
+                                     else MPLUG_OWL2_TEMPLATE)
         self.layer = int(layer)
         self.pooling = check_pooling(pooling)
         self.device = resolve_device(device)
