@@ -15,6 +15,7 @@ from agiqa.cli import main
 from agiqa.data.synth import generate_synthetic
 from agiqa.metrics import compute_metrics
 from agiqa.scoring.scorer import Scorer
+from agiqa.semantic import FeatureCache
 from agiqa.semantic.levels import LEVEL_QUESTIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "semantic"))
@@ -106,6 +107,30 @@ def test_evaluate_reports_the_zero_shot_baseline_on_a_dataset_split(vlm, tmp_pat
     np.testing.assert_allclose(predictions["prediction"], by_hand(pair, paths, *QUALITY), atol=1e-4)
     recomputed = compute_metrics(predictions["prediction"], predictions["mos"])
     assert recomputed["srcc"] == pytest.approx(metrics["overall"]["srcc"])
+
+
+def test_reproduce_tables_the_zero_shot_baseline_on_both_kinds_of_split(vlm, tmp_path):
+    _, folder = vlm
+    data = tmp_path / "data"
+    generate_synthetic(data, n=40, seed=4, image_size=32)
+    out = tmp_path / "repro"
+    assert main(["reproduce", f"vlm:{folder}", "--dataset", "agiqa3k", "--root", str(data), "--seeds", "2",
+                 "--precision", "fp32", "--out", str(out)]) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    assert (runs["model"], runs["seeds"], list(runs["splits"])) == (f"vlm:{folder}", [20, 21],
+                                                                     ["official", "prompt_disjoint"])
+    assert all(shared == 0 for shared, _ in runs["splits"]["prompt_disjoint"]["test_prompts_seen_in_training"])
+    assert "prompt-disjoint (mean ± std)" in (out / "results.md").read_text()
+    scorer = Scorer(f"vlm:{folder}", device="cpu", precision="fp32")
+    tested = {}
+    for kind in ("official", "prompt_disjoint"):
+        for seed in (20, 21):
+            predictions = pd.read_csv(out / kind / f"seed{seed}" / "predictions.csv")
+            np.testing.assert_allclose(predictions["prediction"], scorer.score(list(predictions["path"])).scores,
+                                       atol=1e-5)
+            tested[kind, seed] = set(predictions["name"])
+    assert tested["official", 20] != tested["official", 21]  # seed 20's official split, seed 21's random one
+    assert len(FeatureCache(out / "features")) == 40  # one extraction of every image, read by all four runs
 
 
 def test_a_vlm_spec_without_a_model_is_refused():

@@ -131,7 +131,9 @@ def _register_reproduce(subparsers) -> None:
         "prompt-disjoint split (the official AGIQA-3K split tests prompts seen in training), and write one markdown "
         "table with mean ± std per kind of split next to the paper. Runs go to OUT/<split>/seed<N>/.",
     )
-    parser.add_argument("model", help="a model folder of the configs: ma-agiqa, maniqa, moe-agiqa, ...")
+    parser.add_argument("model", help="a model folder of the configs: ma-agiqa, maniqa, moe-agiqa, ...; or a "
+                        "zero-shot VLM baseline, vlm:<VLM id or folder> (no training: each seed's test part scored; "
+                        "--dataset is then a dataset name)")
     parser.add_argument("--dataset", required=True,
                         help="experiment under the model's configs, e.g. agiqa3k, aigiqa20k, ablations/agiqa3k_concat")
     parser.add_argument("--root", required=True, help="dataset root")
@@ -144,6 +146,10 @@ def _register_reproduce(subparsers) -> None:
                         help="a folder of your own experiment YAMLs laid out as <model>/<dataset>.yaml "
                         "(default: the configs packaged with agiqa)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a VLM baseline's own code")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="compute precision of a VLM baseline (training runs take trainer.precision from the "
+                        "config or --set)")
     parser.add_argument("--out", required=True, help="output directory (one sub-folder per seed)")
     parser.set_defaults(func=_reproduce)
 
@@ -152,13 +158,21 @@ def _reproduce(args) -> int:
     from agiqa.cli import quiet_lightning
 
     quiet_lightning(args.verbose)
+    from agiqa.models.vlm_levels import is_vlm_spec
+    from agiqa.training.config import DataSection, FeatureSection
     from agiqa.training.experiments import experiment_config
-    from agiqa.training.reproduce import reproduce
+    from agiqa.training.reproduce import reproduce, reproduce_zero_shot
 
-    config_path = experiment_config(args.model, args.dataset, args.configs_dir)
     splits = tuple(kind.strip() for kind in args.splits.split(",") if kind.strip())
-    table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides,
-                      paper_model=args.model.replace("-", "_"), splits=splits)
+    if is_vlm_spec(args.model):
+        data = DataSection(dataset=args.dataset, root=args.root,
+                           features=FeatureSection(trust_remote_code=args.trust_remote_code,
+                                                   precision=args.precision))
+        table = reproduce_zero_shot(args.model, data, args.seeds, args.out, splits=splits, precision=args.precision)
+    else:
+        config_path = experiment_config(args.model, args.dataset, args.configs_dir)
+        table = reproduce(config_path, args.root, args.seeds, args.out, args.overrides,
+                          paper_model=args.model.replace("-", "_"), splits=splits)
     print(table)
     return 0
 

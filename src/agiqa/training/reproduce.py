@@ -1,6 +1,7 @@
 """Run one paper experiment over several seeds and put mean ± std beside the paper's numbers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import yaml
 
 from agiqa.errors import AgiqaError
 from agiqa.metrics import summarize_runs
-from agiqa.training.config import TrainConfig
+from agiqa.training.config import DataSection, TrainConfig
 
 PAPER_RESULTS_FILE = Path(__file__).with_name("paper_results.yaml")
 OFFICIAL_SEED = 20
@@ -47,21 +48,52 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
     """
     from agiqa.training.run import train
 
+    out = Path(out_dir)
+
+    def run(kind: str, seed: int) -> tuple[dict, DataSection, Path]:
+        config = TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])])
+        config.data = seed_split(config.data, seed, kind)
+        config.trainer.seed = seed
+        config.output_dir = str(out / kind / f"seed{seed}")
+        return train(config, progress=progress)["overall"], config.data, Path(config.output_dir)
+
+    model = paper_model or TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])]).model.name
+    return run_seeds(run, model, Path(config_path).stem, seeds, out, splits)
+
+
+def reproduce_zero_shot(spec: str, data: DataSection, seeds: int, out_dir: str | Path,
+                        splits: tuple[str, ...] = SPLITS, device: str | None = None, precision: str = "auto") -> str:
+    """The zero-shot baseline of a VLM (`vlm:<id>`, see `agiqa.models.vlm_levels`) on the seeds and kinds of split
+    `reproduce` trains on: no training, each seed's test part scored and measured the same way. The VLM's answers
+    are extracted once into `data.features.cache` (default OUT/features) and read by every seed."""
+    from agiqa.training.run import evaluate
+
+    out = Path(out_dir)
+    data = dataclasses.replace(data, features=dataclasses.replace(
+        data.features, cache=data.features.cache or str(out / "features")))
+
+    def run(kind: str, seed: int) -> tuple[dict, DataSection, Path]:
+        seed_data, folder = seed_split(data, seed, kind), out / kind / f"seed{seed}"
+        return evaluate(spec, seed_data, folder, device=device, precision=precision)["overall"], seed_data, folder
+
+    return run_seeds(run, spec, data.dataset, seeds, out, splits)
+
+
+def run_seeds(run, model: str, experiment: str, seeds: int, out: Path, splits: tuple[str, ...]) -> str:
+    """`run(kind, seed) -> (overall metrics, data section, run folder)` for every kind of split and seed; writes
+    runs.json and results.md and returns the table."""
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise AgiqaError(f"unknown kind(s) of split {unknown or list(splits)} (--splits); choose from "
                          f"{', '.join(SPLITS)}")
-    out = Path(out_dir)
     results = {}
     for kind in splits:
         runs, seen = [], []
         for seed in seed_list(seeds):
-            config = seed_config(config_path, root, overrides, seed, kind)
-            config.output_dir = str(out / kind / f"seed{seed}")
-            runs.append(train(config, progress=progress)["overall"])
-            seen.append(prompts_seen_in_training(config))
+            metrics, data, folder = run(kind, seed)
+            runs.append(metrics)
+            seen.append(prompts_seen_in_training(data, folder))
         results[kind] = {"runs": runs, "summary": summarize_runs(runs), "test_prompts_seen_in_training": seen}
-    model, experiment = paper_model or config.model.name, Path(config_path).stem
     (out / "runs.json").write_text(json.dumps({"model": model, "experiment": experiment, "seeds": seed_list(seeds),
                                                "splits": results}, indent=2))
     table = results_table(model, experiment, results, seeds)
@@ -69,25 +101,24 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
     return table
 
 
-def seed_config(config_path: str | Path, root: str, overrides: list[str] | None, seed: int, kind: str) -> TrainConfig:
-    """The experiment's config for one seed and kind of split (see `reproduce`)."""
-    config = TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])])
-    config.data.split_seed = seed
-    config.trainer.seed = seed
+def seed_split(data: DataSection, seed: int, kind: str) -> DataSection:
+    """`data` with one seed's split of one kind (see `reproduce`)."""
     if kind == "prompt_disjoint":
-        config.data.split_method = "prompt_disjoint"
-    elif seed != OFFICIAL_SEED and config.data.split_method == "official":
-        config.data.split_method = "random"
-    return config
+        method = "prompt_disjoint"
+    elif seed != OFFICIAL_SEED and data.split_method == "official":
+        method = "random"
+    else:
+        method = data.split_method
+    return dataclasses.replace(data, split_seed=seed, split_method=method)
 
 
-def prompts_seen_in_training(config: TrainConfig) -> list[int]:
-    """[test prompts also in train or val, distinct test prompts] of the run `config` wrote (its split.json)."""
+def prompts_seen_in_training(data: DataSection, folder: Path) -> list[int]:
+    """[test prompts also in train or val, distinct test prompts] of the run in `folder` (its split.json)."""
     from agiqa.data.splits import Split, seen_test_prompts
     from agiqa.training.datamodule import load_frame
 
-    split = Split.from_json(Path(config.output_dir) / "split.json")
-    return list(seen_test_prompts(load_frame(config.data), split))
+    split = Split.from_json(folder / "split.json")
+    return list(seen_test_prompts(load_frame(data), split))
 
 
 def results_table(model: str, experiment: str, results: dict, n_seeds: int) -> str:

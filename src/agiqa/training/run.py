@@ -266,6 +266,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
     metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
                               precision=precision)
     metrics["model_dir"] = str(model_dir) if is_vlm_spec(model_dir) else str(Path(model_dir).resolve())  # heat maps
+    datamodule.test_data.split.to_json(Path(out_dir) / "split.json")
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
