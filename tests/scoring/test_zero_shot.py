@@ -133,6 +133,26 @@ def test_reproduce_tables_the_zero_shot_baseline_on_both_kinds_of_split(vlm, tmp
     assert len(FeatureCache(out / "features")) == 40  # one extraction of every image, read by all four runs
 
 
+def test_level_features_extracted_by_the_cli_serve_the_zero_shot_scorer(vlm, images, tmp_path):
+    """`agiqa features extract --prompt Q --answer A` caches exactly what `vlm:` computes: scoring with --features
+    reads them (same scores as computing afresh), and a cache of other questions is refused."""
+    pair, folder = vlm
+    cache = tmp_path / "levels"
+    assert main(["features", "extract", "--images", str(images[0].parent), "--encoder", folder, "--out", str(cache),
+                 "--prompt", QUALITY[0], "--answer", QUALITY[1], "--precision", "fp32", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert FeatureCache(cache).fingerprint["feature_dim"] == 32 + 5
+    cached = Scorer(f"vlm:{folder}", device="cpu", precision="fp32", features=cache)
+    cached.encoder.encode = None  # every image is cached: the VLM must not run
+    fresh = Scorer(f"vlm:{folder}", device="cpu", precision="fp32")
+    np.testing.assert_allclose(cached.score(list(map(str, images))).scores, by_hand(pair, images, *QUALITY),
+                               atol=1e-4)
+    np.testing.assert_allclose(cached.score(list(map(str, images))).scores,
+                               fresh.score(list(map(str, images))).scores, atol=1e-6)
+    with pytest.raises(Exception, match="another encoder setup"):
+        Scorer(f"vlm-alignment:{folder}", device="cpu", precision="fp32", features=cache)
+
+
 def test_a_vlm_spec_without_a_model_is_refused():
     with pytest.raises(ValueError, match="name the VLM after 'vlm:'"):
         Scorer("vlm:", device="cpu")

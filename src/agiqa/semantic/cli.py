@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                     "prompt. Default: the paper's two questions")
     ex.add_argument("--with-paper-prompts", action="store_true",
                     help="ask the paper's two questions first, then the --prompt ones")
+    ex.add_argument("--answer", action="append", dest="answers", metavar="TEXT",
+                    help="answer prefix that adds the level-word probabilities to a question's vector (repeat once "
+                    "per question, in order; e.g. 'The quality of the image is'): features for MA-AGIQA's `levels` "
+                    "expert or a zero-shot VLM (docs/zero_shot.md)")
     ex.add_argument("--layer", type=int, default=-1,
                     help="hidden_states index (default -1: last layer, after the norm)")
     ex.add_argument("--pooling", choices=("all", "image", "text"), default="all",
@@ -140,7 +144,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     rank, world_size, device = _init_distributed(args.device)
     kw = {}
-    for opt in ("revision", "template"):
+    for opt in ("revision", "template", "answers"):
         if getattr(args, opt):
             kw[opt] = getattr(args, opt)
     if args.square_pad:
