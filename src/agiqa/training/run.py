@@ -165,7 +165,8 @@ def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQ
 
     datamodule.prepare_data()
     datamodule.setup("fit")
-    dim = int(datamodule.fit_data.semantic.shape[-1]) - (LEVEL_COUNT if module.model.config.level_prompts else 0)
+    levels = LEVEL_COUNT if getattr(module.model.config, "level_prompts", ()) else 0
+    dim = int(datamodule.fit_data.semantic.shape[-1]) - levels
     config.model.kwargs["semantic_dim"] = dim
     if dim == module.model.config.semantic_dim:
         return module
