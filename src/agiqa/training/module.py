@@ -57,7 +57,13 @@ class IQAModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         scale = float(getattr(self.model.config, "label_scale", 1.0))
         prediction, mos = self._predict(batch) / scale, batch["mos"].float() / scale
-        loss = self.criterion(prediction, mos) if len(self.targets) == 1 else self._weighted_loss(prediction, mos)
+        if len(self.targets) == 1:
+            loss = self.criterion(prediction, mos)
+        else:
+            losses = self.target_losses(prediction, mos)
+            loss = self.weighted_loss(losses)
+            self.log_dict({f"train/loss_{target}": part for target, part in zip(self.targets, losses)},
+                          batch_size=len(mos))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["mos"]))
         balance = getattr(self.model, "balance_loss", None)
         if balance is not None:
@@ -65,14 +71,13 @@ class IQAModule(L.LightningModule):
             self.log("train/balance_loss", balance, batch_size=len(batch["mos"]))
         return loss
 
-    def _weighted_loss(self, prediction: torch.Tensor, mos: torch.Tensor) -> torch.Tensor:
-        """Sum over targets of weight * loss of that target's column (B, T) (each also logged)."""
-        total = prediction.new_zeros(())
-        for index, (target, weight) in enumerate(zip(self.targets, self.loss_weights)):
-            part = self.criterion(prediction[:, index], mos[:, index])
-            self.log(f"train/loss_{target}", part, batch_size=len(mos))
-            total = total + weight * part
-        return total
+    def target_losses(self, prediction: torch.Tensor, mos: torch.Tensor) -> list[torch.Tensor]:
+        """The loss of each target's column of (B, T) predictions and MOS."""
+        return [self.criterion(prediction[:, index], mos[:, index]) for index in range(len(self.targets))]
+
+    def weighted_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of per-target losses times `target_weights` (1 for targets it does not name)."""
+        return sum(weight * loss for weight, loss in zip(self.loss_weights, losses))
 
     def _collect(self, stage: str, batch: dict) -> None:
         n = len(batch["row"])
