@@ -108,6 +108,7 @@ def test_train_evaluate_and_score_a_two_target_model(synth_root, tmp_path):
     assert "| quality | 12 |" in report and "| alignment | 12 |" in report
     assert {"prediction_quality", "prediction_alignment"} <= set(pd.read_csv(run / "val_predictions.csv").columns)
     assert json.loads((run / "model" / "config.json").read_text())["targets"] == TARGETS
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0  # on the first target
 
     assert main(["evaluate", str(run / "model"), "--dataset", "agiqa3k", "--root", str(synth_root),
                  "--split-file", str(run / "split.json"), "--out", str(tmp_path / "eval"), "--precision", "fp32"]) == 0
@@ -129,3 +130,22 @@ def test_train_evaluate_and_score_a_two_target_model(synth_root, tmp_path):
     np.testing.assert_allclose(scores["score_quality"], direct[:, 0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores["score_alignment"], direct[:, 1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores["score"], scores["score_quality"])
+
+
+def test_moe_agiqa_trains_one_expert_output_per_target(synth_root, tmp_path):
+    config = TrainConfig.from_dict({
+        "model": {"name": "test_moe_agiqa", "kwargs": {"train_crops": 1, "test_crops": 2}},
+        "data": {"dataset": "agiqa3k", "root": str(synth_root), "batch_size": 8, "eval_batch_size": 8,
+                 "target": "all"},
+        "optim": {"lr": 1e-3, "loss": "l1", "target_weights": {"alignment": 2.0}},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "precision": "32-true", "seed": 0},
+        "output_dir": str(tmp_path / "run"),
+    })
+    metrics = train(config, progress=False)
+    assert list(metrics["per_target"]) == TARGETS
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    labels = pd.read_csv(synth_root / "data.csv")
+    assert saved["targets"] == TARGETS
+    assert saved["label_scale"] == pytest.approx(max(labels["mos_quality"].max(), labels["mos_align"].max()), rel=1e-6)
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert {"expert_expert0_quality", "expert_expert0_alignment", "prediction_alignment"} <= set(predictions.columns)
