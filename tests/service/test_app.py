@@ -214,3 +214,19 @@ def test_page_metrics_and_info(limited):
     assert 'agiqa_image_errors_total{kind="decode"}' in text
     assert "agiqa_batch_size_bucket" in text and "agiqa_request_seconds_bucket" in text
     assert "process_resident_memory_bytes" in text
+
+
+def test_multi_target_model_answers_every_target_beside_score():
+    torch.manual_seed(0)
+    model = create_model("test_ma_agiqa", semantic_experts=(), targets=("quality", "alignment"))
+    scorer = Scorer(model, device="cpu")
+    http = TestClient(create_app(scorer, "two-target"))
+    assert http.get("/info").json()["targets"] == ["quality", "alignment"]
+    files = [("images", ("a.png", png_bytes(0), "image/png")), ("images", ("bad.png", b"nope", "image/png"))]
+    results = http.post("/score", files=files, data={"explain": "true"}).json()["results"]
+    direct = scorer.score([Image.open(io.BytesIO(png_bytes(0)))]).scores
+    assert direct.shape == (1, 2)
+    assert results[0]["scores"] == pytest.approx({"quality": direct[0, 0], "alignment": direct[0, 1]}, abs=1e-5)
+    assert results[0]["score"] == pytest.approx(direct[0, 0], abs=1e-5)
+    assert set(results[0]["experts"]["maniqa"]) == {"quality", "alignment"}
+    assert "scores" not in results[1] and results[1]["score"] is None

@@ -29,6 +29,19 @@ def check_hooked_vit(img_size: int, patch_size: int, hooked_blocks, vit_depth: i
         raise ValueError(f"hooked_blocks {hooked_blocks} must index ViT blocks 0..{vit_depth - 1}")
 
 
+def check_targets(targets) -> None:
+    """A model's `targets` (the names of its outputs): at least one, each a distinct non-empty string."""
+    if not targets or not all(isinstance(name, str) and name for name in targets):
+        raise ValueError(f"targets must be one or more non-empty names, got {targets!r}")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"targets has duplicates: {targets!r}")
+
+
+def per_target(outputs, num_targets: int):
+    """Head outputs (..., T) as the model returns them: (...) for one target (the released shape), else as is."""
+    return outputs.squeeze(-1) if num_targets == 1 else outputs
+
+
 class ModelConfig:
     """Mixin for a model's config dataclass: tuple normalisation, ``to_dict`` and a strict ``from_dict``."""
 

@@ -68,7 +68,8 @@ def config_architecture(config: dict) -> str:
 
 
 def model_scores(model: nn.Module, batch: dict):
-    """Scores (B,) of any registered model from a batch dict holding its `input_names` (missing inputs are None)."""
+    """Scores (B,) of any registered model from a batch dict holding its `input_names` (missing inputs are None);
+    (B, T) for a multi-target model (columns in `model_targets(model)` order)."""
     return model(*_model_inputs(model, batch))
 
 
@@ -76,6 +77,19 @@ def needs_semantic(model: nn.Module) -> bool:
     """True for models fed semantic features of a VLM (MA-AGIQA's semantic or level experts, a zero-shot VLM)."""
     config = model.config
     return bool(getattr(config, "semantic_experts", ()) or getattr(config, "level_prompts", ()))
+
+
+def model_targets(model: nn.Module) -> list[str]:
+    """Names of the model's outputs (`config.targets`); ["quality"] for models with one unnamed output."""
+    return list(getattr(getattr(model, "config", None), "targets", ("quality",)))
+
+
+def score_columns(scores, targets: list[str]) -> dict:
+    """Scores as named columns: `score` alone for one target; for several, `score` = the first target's (so readers
+    of single-target outputs keep working) and `score_<target>` for each."""
+    if len(targets) == 1:
+        return {"score": scores}
+    return {"score": scores[:, 0], **{f"score_{target}": scores[:, index] for index, target in enumerate(targets)}}
 
 
 def expert_names(model: nn.Module) -> list[str]:
@@ -91,16 +105,24 @@ def model_explanation(model: nn.Module, batch: dict) -> dict:
 
 def explanation_columns(model: nn.Module, batch: dict, experts: list[str], patch_maps: bool = False) -> dict:
     """`model_explanation` as flat columns, the names every output uses (`agiqa score`, `agiqa train`/`evaluate`,
-    the service): `score`, `gate_<expert>` and `expert_<expert>` for each of `experts`, and with `patch_maps`
-    `patch_map` where the model has one."""
+    the service): `score` (see `score_columns` for multi-target models), `gate_<expert>` and `expert_<expert>` for
+    each of `experts` (`expert_<expert>_<target>` for several targets), and with `patch_maps` `patch_map` where the
+    model has one."""
     parts = model_explanation(model, batch)
-    columns = {"score": parts["score"]}
+    targets = model_targets(model)
+    columns = score_columns(parts["score"], targets)
     for index, name in enumerate(experts):
         columns[f"gate_{name}"] = parts["gate"][:, index]
-        columns[f"expert_{name}"] = parts["expert_score"][:, index]
+        columns.update(_expert_score_columns(parts["expert_score"][:, index], name, targets))
     if patch_maps and "patch_map" in parts:
         columns["patch_map"] = parts["patch_map"]
     return columns
+
+
+def _expert_score_columns(scores, expert: str, targets: list[str]) -> dict:
+    if len(targets) == 1:
+        return {f"expert_{expert}": scores}
+    return {f"expert_{expert}_{target}": scores[:, index] for index, target in enumerate(targets)}
 
 
 def _model_inputs(model: nn.Module, batch: dict) -> list:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from agiqa.models._builder import build_model_with_cfg
+from agiqa.models._config import check_targets, per_target
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
 from agiqa.models.maniqa import Maniqa, ManiqaConfig, _tiny_maniqa_kwargs, full_precision
@@ -58,6 +59,8 @@ class MaAgiqaConfig(ManiqaConfig):
         fusion: "moe" (gated sum, the paper) or "concat" (concatenation + regression, paper Table 5).
         gate_activation: "none" as released, "sigmoid" as the paper describes, or "softmax".
         concat_hidden: hidden width of the concatenation head.
+        targets: names of the outputs; one (the default) gives the released (B,) scores and state dict, several
+            widen the final regression layer to one output per target and `forward` returns (B, T).
     """
 
     semantic_dim: int = 4096
@@ -67,9 +70,11 @@ class MaAgiqaConfig(ManiqaConfig):
     fusion: str = "moe"
     gate_activation: str = "none"
     concat_hidden: int = 128
+    targets: tuple[str, ...] = ("quality",)
 
     def __post_init__(self):
         super().__post_init__()
+        check_targets(self.targets)
         self.semantic_experts = tuple(int(i) for i in self.semantic_experts)
         self.level_prompts = tuple(int(i) for i in self.level_prompts)
         if self.fusion not in FUSIONS:
@@ -113,13 +118,13 @@ class AfmLayers:
         if config.level_prompts:
             self.fc_levels = nn.Sequential(nn.Linear(LEVEL_COUNT * len(config.level_prompts), fused), nn.ReLU(),
                                            nn.Dropout(config.drop))
-        num_experts = self.num_experts
+        num_experts, num_targets = self.num_experts, len(config.targets)
         if config.fusion == "moe":
             self.gating = nn.Linear(fused * num_experts, num_experts)
-            self.output_fc = nn.Linear(fused, 1)
+            self.output_fc = nn.Linear(fused, num_targets)
         else:
             self.concat_head = nn.Sequential(
-                nn.Linear(fused * num_experts, config.concat_hidden), nn.Linear(config.concat_hidden, 1)
+                nn.Linear(fused * num_experts, config.concat_hidden), nn.Linear(config.concat_hidden, num_targets)
             )
 
     @property
@@ -185,19 +190,21 @@ class AfmLayers:
 
     def explain_fusion(self, visual: torch.Tensor | None, semantic: torch.Tensor | None = None) -> dict:
         """The score (B,) with the gate weights (B, E) and each expert's own score (B, E): the head applied to that
-        expert alone, so that score = sum_e gate_e * (expert_e - bias) + bias."""
+        expert alone, so that score = sum_e gate_e * (expert_e - bias) + bias. Several targets add a last
+        dimension T to the score and the expert scores."""
+        num_targets = len(self.config.targets)
         with full_precision(visual if visual is not None else semantic):
             experts = self.experts(visual, semantic)
             gates = self.gates(experts)
             fused = torch.bmm(gates.unsqueeze(1), experts).squeeze(1)
-            return {"score": self.output_fc(fused).squeeze(-1), "gate": gates,
-                    "expert_score": self.output_fc(experts).squeeze(-1)}
+            return {"score": per_target(self.output_fc(fused), num_targets), "gate": gates,
+                    "expert_score": per_target(self.output_fc(experts), num_targets)}
 
     def regress(self, fused: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) from `fuse`'s output, in fp32 under autocast too."""
+        """Scores (B,) (or (B, T) for several targets) from `fuse`'s output, in fp32 under autocast too."""
         head = self.concat_head if self.config.fusion == "concat" else self.output_fc
         with full_precision(fused):
-            return head(fused.float()).squeeze(-1)
+            return per_target(head(fused.float()), len(self.config.targets))
 
 
 class AdaptiveFusion(AfmLayers, nn.Module):
@@ -217,7 +224,7 @@ class MaAgiqa(AfmLayers, Maniqa):
 
     Inputs: `x` (B, 3, H, W) normalised with mean = std = 0.5 (see `Maniqa`); `semantic` (B, P, semantic_dim)
     LMM features from the feature cache (P prompts, indexed by `semantic_experts`). Output: (B,) scores in the
-    units of the training MOS.
+    units of the training MOS, or (B, T) with several `targets` (columns in `config.targets` order).
     """
 
     config_class = MaAgiqaConfig

@@ -37,7 +37,7 @@ from torch import nn
 from agiqa._files import torch_load_weights_only
 from agiqa.errors import AgiqaError
 from agiqa.models._builder import WeightsNotFoundError, build_model_with_cfg, load_state_dict_file
-from agiqa.models._config import ModelConfig, check_hooked_vit
+from agiqa.models._config import ModelConfig, check_hooked_vit, check_targets, per_target
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._registry import register_model
 from agiqa.models.maniqa import ManiqaViTAttention, full_precision
@@ -100,6 +100,8 @@ class MoeAgiqaConfig(ModelConfig):
         label_scale: outputs are multiplied by it: training labels are MOS / max MOS, as the official code,
             and predictions come back on the MOS scale (1.0: the official normalised scale).
         train_crops / test_crops: crops averaged per image (3 / 15).
+        targets: names of the outputs; one (the default) gives the released (B,) scores and state dict, several
+            widen each expert's last layer to one output per target (shared gates) and ``forward`` returns (B, T).
     """
 
     img_size: int = 224
@@ -144,9 +146,11 @@ class MoeAgiqaConfig(ModelConfig):
     label_scale: float = 1.0
     train_crops: int = 3
     test_crops: int = 15
+    targets: tuple[str, ...] = ("quality",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_targets(self.targets)
         check_hooked_vit(self.img_size, self.patch_size, self.hooked_blocks, self.vit_depth)
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be in 1..num_experts ({self.num_experts}), got {self.top_k}")
@@ -261,14 +265,14 @@ class CrossAttention(nn.Module):
 
 
 class Expert(nn.Module):
-    """One expert: Linear(d, d), GELU, Linear(d, 1) under the released name ``project``."""
+    """One expert: Linear(d, d), GELU, Linear(d, T) under the released name ``project``; (N, T) scores."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, num_targets: int = 1):
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_targets))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(x).squeeze(-1)
+        return self.project(x)
 
 
 class MoeAgiqaRegressor(nn.Module):
@@ -298,7 +302,7 @@ class MoeAgiqaRegressor(nn.Module):
             self.weight1 = nn.Parameter(torch.zeros(1, hidden, grid, grid))
             self.weight2 = nn.Parameter(torch.zeros(1, hidden, grid, grid))
         self.gating_network = nn.Sequential(nn.Linear(hidden, c.num_experts), nn.Softmax(dim=1))
-        self.proj_experts = nn.ModuleList(Expert(hidden) for _ in range(c.num_experts))
+        self.proj_experts = nn.ModuleList(Expert(hidden, len(c.targets)) for _ in range(c.num_experts))
         self.balance_loss: torch.Tensor | None = None
 
     def inject_prior(self, f: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -326,22 +330,34 @@ class MoeAgiqaRegressor(nn.Module):
             self.balance_loss = switch_balance_loss(probs, index)
         return weights, index
 
+    def expert_scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Every expert on the batch (4 tiny MLPs) -> (N, E, T)."""
+        return torch.stack([expert(pooled) for expert in self.proj_experts], dim=1)
+
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Top-k mixture: every expert runs on the batch (4 tiny MLPs), the chosen k are summed with their gates."""
+        """Top-k mixture: the chosen k experts summed with their gates -> (N,), or (N, T) for several targets."""
         weights, index = self.gates(pooled)
-        experts = torch.stack([expert(pooled) for expert in self.proj_experts], dim=1)  # (N, E)
-        return (weights * experts.gather(1, index)).sum(dim=1)
+        return per_target(mix_top_k(weights, index, self.expert_scores(pooled)), len(self.config.targets))
 
     def forward(self, degradation, text=None, prior=None) -> torch.Tensor:
         return self.forward_head(self.forward_features(degradation, text, prior))
 
     def explain_head(self, pooled: torch.Tensor) -> dict:
         """`forward_head`'s score (N,) with the gate weight of every expert (N, E; 0 where not among the top k) and
-        every expert's own score (N, E): score = sum_e gate_e * expert_e."""
+        every expert's own score (N, E): score = sum_e gate_e * expert_e. Several targets add a last dimension T
+        to the score and the expert scores (the gates are shared)."""
         weights, index = self.gates(pooled)
-        experts = torch.stack([expert(pooled) for expert in self.proj_experts], dim=1)
-        gate = torch.zeros_like(experts).scatter(1, index, weights)
-        return {"score": (weights * experts.gather(1, index)).sum(dim=1), "gate": gate, "expert_score": experts}
+        experts = self.expert_scores(pooled)
+        gate = torch.zeros_like(experts[..., 0]).scatter(1, index, weights)
+        num_targets = len(self.config.targets)
+        return {"score": per_target(mix_top_k(weights, index, experts), num_targets), "gate": gate,
+                "expert_score": per_target(experts, num_targets)}
+
+
+def mix_top_k(weights: torch.Tensor, index: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Sum of the chosen experts' scores (N, E, T) at `index` (N, k) weighted by their gates (N, k) -> (N, T)."""
+    chosen = experts.gather(1, index.unsqueeze(-1).expand(-1, -1, experts.shape[-1]))
+    return (weights.unsqueeze(-1) * chosen).sum(dim=1)
 
 
 def switch_balance_loss(probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -365,7 +381,8 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
       normalised (:data:`CLIP_MEAN` / :data:`CLIP_STD`);
     - ``input_ids`` / ``attention_mask`` (B, 35): the BLIP tokenizer's output (:meth:`MoeAgiqaProcessor`).
 
-    ``forward`` returns (B,) scores (the mean over the K crops) times ``config.label_scale``.
+    ``forward`` returns (B,) scores (the mean over the K crops) times ``config.label_scale``; (B, T) with several
+    ``config.targets``.
     Use :class:`MoeAgiqaProcessor` (or :meth:`score`) to go from PIL images and prompt strings to these tensors.
     """
 

@@ -54,7 +54,7 @@ def load_run(path: str | Path) -> Run:
 
 
 def _evaluation(path: Path) -> Run:
-    table = pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""])
+    table = _first_target(pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""]))
     missing = {"mos", "prediction"} - set(table.columns)
     if missing:
         raise AgiqaError(f"{path / 'predictions.csv'}: missing column(s) {sorted(missing)}")
@@ -65,6 +65,15 @@ def _evaluation(path: Path) -> Run:
     candidates = [path / "model", Path((metrics or {}).get("model_dir") or path / "model")]  # train / evaluate
     model_dir = next((folder for folder in candidates if (folder / "config.json").is_file()), None)
     return Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
+
+
+def _first_target(table: pd.DataFrame) -> pd.DataFrame:
+    """A multi-target run's predictions (`mos_<target>`, `prediction_<target>` pairs) reported on its first target
+    (as its metrics.json `overall` is); other tables unchanged."""
+    targets = [column[len("prediction_"):] for column in table.columns if column.startswith("prediction_")]
+    if "prediction" in table.columns or not targets or f"mos_{targets[0]}" not in table.columns:
+        return table
+    return table.assign(mos=table[f"mos_{targets[0]}"], prediction=table[f"prediction_{targets[0]}"])
 
 
 def _scores(path: Path, table: pd.DataFrame) -> Run:

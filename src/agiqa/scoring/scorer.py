@@ -21,7 +21,7 @@ _logger = logging.getLogger(__name__)
 class ScoreResult:
     """Scores, names and errors aligned with the inputs: NaN score and a reason where an image failed."""
 
-    scores: np.ndarray
+    scores: np.ndarray  # (n,), or (n, T) for a multi-target model (columns in `Scorer.targets` order)
     names: list[str] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
 
@@ -49,12 +49,13 @@ class Scorer:
                  precision: str = "auto", batch_size: int = 16, encoder=None, trust_remote_code: bool = False,
                  compile: bool = False, compile_mode: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  features: str | os.PathLike | None = None):
-        from agiqa.models._factory import expert_names, needs_semantic
+        from agiqa.models._factory import expert_names, model_targets, needs_semantic
         from agiqa.runtime import resolve_device
         from agiqa.scoring.inference import prepare_model
 
         built = _build(model, pretrained, trust_remote_code)
         self.model = prepare_model(built, device, compile=compile, compile_mode=compile_mode)
+        self.targets = model_targets(built)
         # Gate weights and per-expert scores come from the eager model; a compiled forward serves scores only.
         self.expert_names = [] if compile or compile_mode else expert_names(self.model)
         self.device = resolve_device(device)
@@ -103,6 +104,16 @@ class Scorer:
         return [key not in self.features for key in keys]
 
     @property
+    def column_names(self) -> list[str]:
+        """The columns `predict_columns` gives besides `patch_map`: `score` (and `score_<target>` for several
+        targets), then `gate_<expert>` and the expert score column(s) of each expert."""
+        names = ["score"] + ([f"score_{target}" for target in self.targets] if len(self.targets) > 1 else [])
+        suffixes = [f"_{target}" for target in self.targets] if len(self.targets) > 1 else [""]
+        for expert in self.expert_names:
+            names += [f"gate_{expert}"] + [f"expert_{expert}{suffix}" for suffix in suffixes]
+        return names
+
+    @property
     def image_size(self) -> int | None:
         """The model's input size; None for models that take no pixels of their own (a zero-shot VLM)."""
         size = getattr(self.model.config, "img_size", None)
@@ -130,7 +141,8 @@ class Scorer:
         names = list(names) if names is not None else [_input_name(item, i) for i, item in enumerate(images)]
         for start in range(0, len(images), self.batch_size):
             stop = min(start + self.batch_size, len(images))
-            scores, errors, loaded = np.full(stop - start, np.nan), [None] * (stop - start), []
+            shape = (stop - start,) if len(self.targets) == 1 else (stop - start, len(self.targets))
+            scores, errors, loaded = np.full(shape, np.nan), [None] * (stop - start), []
             for offset, index in enumerate(range(start, stop)):
                 try:
                     loaded.append((offset, decode_image(images[index], names[index], self.max_pixels)))
@@ -182,12 +194,14 @@ class Scorer:
     def predict_columns(self, inputs: dict, pil_images: Sequence | None = None,
                         prompts: Sequence[str] | None = None, feature_keys: Sequence[str] | None = None,
                         patch_maps: bool = False) -> dict[str, np.ndarray]:
-        """`predict`'s scores as column `score`, plus `gate_<expert>` and `expert_<expert>` (the expert's own score)
-        for every expert of a mixture-of-experts model (`expert_names`), from the same forward pass; with
-        `patch_maps`, also `patch_map` (B, H, W) where the model has one (MANIQA's per-patch score x weight)."""
+        """`predict`'s scores as column `score` (for a multi-target model: the first target's, and `score_<target>`
+        for each), plus `gate_<expert>` and `expert_<expert>` (the expert's own score) for every expert of a
+        mixture-of-experts model (`expert_names`), from the same forward pass; with `patch_maps`, also
+        `patch_map` (B, H, W) where the model has one (MANIQA's per-patch score x weight). See `column_names`."""
+        from agiqa.models._factory import explanation_columns, score_columns
+
         if not self.expert_names and not (patch_maps and self.has_patch_map):
-            return {"score": self.predict(inputs, pil_images, prompts, feature_keys)}
-        from agiqa.models._factory import explanation_columns
+            return score_columns(self.predict(inputs, pil_images, prompts, feature_keys), self.targets)
         from agiqa.scoring.inference import inference_context
 
         batch = self._device_batch(inputs, pil_images, prompts, feature_keys)

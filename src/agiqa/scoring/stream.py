@@ -151,11 +151,12 @@ def loader(dataset: BlockDataset, num_workers: int, pin_memory: bool = False) ->
 def score_blocks(scorer, batches: Iterable[dict], write_block: Callable[[int, str, dict], None],
                  on_batch: Callable[[int, int], None] = lambda scored, failed: None,
                  heatmaps: str | os.PathLike | None = None) -> None:
-    """Score `batches` with `scorer` (`Scorer.predict_columns`: score, and gate weights and per-expert scores where
-    the model has experts), collect each block's rows and hand a finished block to `write_block(index, digest,
-    columns)`; `on_batch(n_scored, n_failed)` reports progress. With `heatmaps` (a folder; batches must keep their
-    images), each scored image's heat map is drawn there and named in column `heatmap`."""
-    names = ["score"] + [f"{kind}_{name}" for name in scorer.expert_names for kind in ("gate", "expert")]
+    """Score `batches` with `scorer` (`Scorer.predict_columns`: score (and `score_<target>` for a multi-target
+    model), and gate weights and per-expert scores where the model has experts), collect each block's rows and hand
+    a finished block to `write_block(index, digest, columns)`; `on_batch(n_scored, n_failed)` reports progress.
+    With `heatmaps` (a folder; batches must keep their images), each scored image's heat map is drawn there and
+    named in column `heatmap`."""
+    names = scorer.column_names
     columns = ["image", "prompt", *names, "error"] + (["heatmap"] if heatmaps is not None else [])
     pending: dict[int, dict[str, list]] = {}
     for batch in batches:

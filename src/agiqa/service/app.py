@@ -77,7 +77,8 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
     def info() -> dict:
         return {"model": model_name, "image_size": scorer.image_size, "score_range": scorer.score_range,
                 "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt,
-                "experts": scorer.expert_names, "heatmap": scorer.has_patch_map, "limits": limits.as_dict()}
+                "targets": scorer.targets, "experts": scorer.expert_names, "heatmap": scorer.has_patch_map,
+                "limits": limits.as_dict()}
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -159,14 +160,27 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         rows = [{"filename": name, "score": None if math.isnan(value) else float(value), "rank": rank,
                  "error": None if error is None else f"{name}: {error}"}
                 for name, value, rank, error in zip(names, scores, ranks, errors)]
+        if len(scorer.targets) > 1:
+            for position, index in enumerate(decoded["good"]):
+                rows[index]["scores"] = target_scores(columns, position)
         if explain:
             for position, (index, image) in enumerate(zip(decoded["good"], decoded["images"])):
                 rows[index].update(explanation(columns, position, image))
         return rows
 
+    def target_scores(columns: dict, position: int) -> dict:
+        """{target: score} of one image of a multi-target model (beside `score`, the first target's)."""
+        return {target: float(columns[f"score_{target}"][position]) for target in scorer.targets}
+
+    def expert_score(columns: dict, expert: str, position: int) -> float | dict:
+        """One expert's own score, or {target: score} for a multi-target model."""
+        if len(scorer.targets) == 1:
+            return float(columns[f"expert_{expert}"][position])
+        return {target: float(columns[f"expert_{expert}_{target}"][position]) for target in scorer.targets}
+
     def explanation(columns: dict, position: int, image) -> dict:
         parts = {"gates": {name: float(columns[f"gate_{name}"][position]) for name in scorer.expert_names},
-                 "experts": {name: float(columns[f"expert_{name}"][position]) for name in scorer.expert_names}}
+                 "experts": {name: expert_score(columns, name, position) for name in scorer.expert_names}}
         if "patch_map" in columns:
             parts["heatmap_png"] = png_base64(heatmap_image(columns["patch_map"][position],
                                                             fitted(image.size, HEATMAP_SIDE)))

@@ -63,9 +63,10 @@ def _train(args) -> int:
 def _print_overall(metrics: dict, out_dir) -> None:
     from agiqa.training.reports import METRIC_KEYS, format_value
 
-    overall = metrics["overall"]
-    values = "  ".join(f"{key.upper()} {format_value(overall.get(key))}" for key in METRIC_KEYS)
-    print(f"test ({overall.get('n')} images): {values}")
+    parts = metrics.get("per_target") or {"": metrics["overall"]}
+    for target, values in parts.items():
+        shown = "  ".join(f"{key.upper()} {format_value(values.get(key))}" for key in METRIC_KEYS)
+        print(f"test{' ' + target if target else ''} ({values.get('n')} images): {shown}")
     print(f"results in {out_dir} (figures, per-generator tables, worst cases: agiqa report {out_dir})")
 
 
@@ -80,7 +81,8 @@ def _register_evaluate(subparsers) -> None:
                         "answers are extracted into --features, default OUT/features)")
     parser.add_argument("--dataset", required=True, help="dataset name (agiqa datasets list) or 'csv'")
     parser.add_argument("--root", required=True, help="dataset root directory")
-    parser.add_argument("--target", help="MOS column to evaluate against (dataset default if omitted)")
+    parser.add_argument("--target", help="MOS column to evaluate against (dataset default if omitted; a multi-target "
+                        "model: its own targets)")
     parser.add_argument("--csv", help="label file for --dataset csv")
     parser.add_argument("--image-col")
     parser.add_argument("--score-col")

@@ -44,7 +44,7 @@ class DataSection:
 
     dataset: str = "agiqa3k"
     root: str = "."
-    target: str | None = None
+    target: str | list | None = None  # one target, a list / comma string of targets, or "all" (multi-target)
     csv: str | None = None
     image_col: str | None = None
     score_col: str | None = None
@@ -73,6 +73,7 @@ class OptimSection:
     t_max: int = 50
     eta_min: float = 0.0
     loss: str = "mse"
+    target_weights: dict = field(default_factory=dict)  # loss weight per target of a multi-target run (default 1)
 
 
 @dataclass
@@ -176,6 +177,26 @@ def _checked(value, hint, where: str):
     names = " or ".join("null" if k is type(None) else getattr(typing.get_origin(k) or k, "__name__", str(k))
                         for k in allowed)
     raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+ALL_TARGETS = "all"
+
+
+def target_names(target: str | list | None) -> list[str] | None:
+    """`data.target` as a list of names: None stays None (the dataset's default), "a,b" and ["a", "b"] give
+    ["a", "b"], "all" gives ["all"] (expanded by the data layer); a `ConfigError` for empty or repeated names."""
+    if target is None:
+        return None
+    names = target.split(",") if isinstance(target, str) else [str(name) for name in target]
+    names = [name.strip() for name in names]
+    if not names or "" in names:
+        raise ConfigError(f"data.target has an empty target name: {target!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"data.target names {', '.join(repeated)} more than once")
+    if ALL_TARGETS in names and len(names) > 1:
+        raise ConfigError(f'data.target "all" cannot be combined with other targets: {target!r}')
+    return names
 
 
 def apply_override(data: dict, override: str) -> None:

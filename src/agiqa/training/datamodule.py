@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from agiqa.errors import DatasetValidationError, ImageLoadError
+from agiqa.errors import ConfigError, DatasetValidationError, ImageLoadError
 from agiqa.data.transforms import augment, normalize, resize_image
-from agiqa.training.config import DataSection
+from agiqa.training.config import ALL_TARGETS, DataSection, target_names
 
 SPLIT_PARTS = ("train", "val", "test")
 
@@ -142,23 +142,92 @@ class LoadedData:
     semantic: torch.Tensor | None = None
 
 
+def resolve_targets(config: DataSection) -> list[str] | None:
+    """The targets `data.target` asks for, checked against the dataset: None for the dataset's default target,
+    else the names ("all" expands to every target the dataset declares; for a plain CSV, the `score_col` columns).
+
+    A `ConfigError` names an unknown target and the targets the dataset has.
+    """
+    from agiqa.data.datasets import GENERIC, get_dataset_info
+
+    names = target_names(config.target)
+    if names is None:
+        return None
+    if config.dataset == GENERIC:
+        declared = [column.strip() for column in (config.score_col or "mos").split(",")]
+        return declared if names == [ALL_TARGETS] else names
+    declared = list(get_dataset_info(config.dataset).targets)
+    if names == [ALL_TARGETS]:
+        return declared
+    for name in names:
+        if name not in declared:
+            raise ConfigError(f"data.target: {config.dataset} has no target {name!r}; its targets: "
+                              f"{', '.join(declared)}")
+    return names
+
+
+def multi_targets(config: DataSection) -> list[str] | None:
+    """The targets of a multi-target run (two or more), or None for a single-target one."""
+    targets = resolve_targets(config)
+    return targets if targets is not None and len(targets) > 1 else None
+
+
 def load_frame(config: DataSection) -> pd.DataFrame:
-    """The dataset's label frame (columns name, path, prompt, mos, generator), validated."""
+    """The dataset's label frame (columns name, path, prompt, mos, generator), validated.
+
+    Multi-target runs add one `mos_<target>` column per target (`mos` stays the first target's) and
+    `frame.attrs["targets"]`.
+    """
     from agiqa.data import load_dataset
 
-    return load_dataset(config.dataset, config.root, target=config.target, **_dataset_options(config))
+    targets = multi_targets(config)
+    if targets is None:
+        return load_dataset(config.dataset, config.root, **_reader_options(config, _single_target(config)))
+    frames = [load_dataset(config.dataset, config.root, **_reader_options(config, target)) for target in targets]
+    frame = frames[0].copy()
+    for target, target_frame in zip(targets, frames):
+        frame[f"mos_{target}"] = target_frame["mos"].to_numpy()
+    frame.attrs["targets"] = targets
+    return frame
 
 
 def check_data_root(config: DataSection) -> None:
-    """Fail fast, before any model is built, when the configured dataset has no label file."""
+    """Fail fast, before any model is built, when the configured dataset has no label file (or an unknown target
+    is asked for)."""
     from agiqa.data.datasets import check_label_file
 
-    check_label_file(config.dataset, config.root, target=config.target, **_dataset_options(config))
+    target = (multi_targets(config) or [_single_target(config)])[0]
+    check_label_file(config.dataset, config.root, **_reader_options(config, target))
+
+
+def _single_target(config: DataSection) -> str | None:
+    """`data.target` of a single-target run as the one name the dataset reader takes (None: its default)."""
+    targets = resolve_targets(config)
+    return targets[0] if targets else None
+
+
+def _reader_options(config: DataSection, target: str | None) -> dict:
+    """Dataset-reader arguments for one target: a benchmark's target, or a plain CSV's score column (None: the
+    dataset's default, as configured)."""
+    from agiqa.data.datasets import GENERIC
+
+    if target is None:
+        return {"target": None, **_dataset_options(config)}
+    if config.dataset == GENERIC:
+        return {**_dataset_options(config), "score_col": target}
+    return {"target": target, **_dataset_options(config)}
 
 
 def _dataset_options(config: DataSection) -> dict:
     options = dict(csv=config.csv, image_col=config.image_col, score_col=config.score_col, prompt_col=config.prompt_col)
     return {key: value for key, value in options.items() if value is not None}
+
+
+def target_mos(frame: pd.DataFrame) -> torch.Tensor:
+    """MOS as float32: (N,) for one target, (N, T) in `frame.attrs["targets"]` order for several."""
+    targets = frame.attrs.get("targets")
+    columns = [f"mos_{target}" for target in targets] if targets else "mos"
+    return torch.tensor(frame[columns].to_numpy(), dtype=torch.float32)
 
 
 def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split"):
@@ -181,7 +250,7 @@ def load_data(config: DataSection, needs_semantic: bool, subset: str = "split", 
     check_disjoint(split)
     paths = list(frame["path"])
     images = decode_images(paths, config.image_size, config.image_cache) if decode else None
-    mos = torch.tensor(frame["mos"].to_numpy(), dtype=torch.float32)
+    mos = target_mos(frame)
     semantic = read_features(config, frame) if needs_semantic else None
     return LoadedData(frame, split, images, mos, semantic)
 

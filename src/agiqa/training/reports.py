@@ -16,25 +16,62 @@ METRIC_KEYS = ("srcc", "plcc", "krcc", "rmse")
 
 def predictions_frame(frame: pd.DataFrame, rows, predictions, extra: dict | None = None) -> pd.DataFrame:
     """One row per scored image: name, path, generator, prompt, the dataset's prompt attributes (if any), MOS,
-    prediction, then `extra` columns (per-expert gates and scores)."""
+    prediction, then `extra` columns (per-expert gates and scores).
+
+    A multi-target frame (`frame.attrs["targets"]`, see `training.datamodule.load_frame`) takes (n, T)
+    predictions and gets `mos_<target>`, `prediction_<target>` column pairs instead of `mos`, `prediction`.
+    """
     picked = frame.iloc[list(rows)]
-    attributes = [column for column in frame.columns if column not in ("name", "path", "generator", "prompt", "mos")]
+    targets = frame.attrs.get("targets")
+    scores = _score_columns(picked, predictions, targets)
+    attributes = [column for column in frame.columns
+                  if column not in ("name", "path", "generator", "prompt", "mos") and column not in scores]
     table = pd.DataFrame({
         "name": picked["name"].to_numpy(),
         "path": picked["path"].to_numpy(),
         "generator": picked["generator"].to_numpy(),
         "prompt": picked["prompt"].to_numpy(),
         **{column: picked[column].to_numpy() for column in attributes},
-        "mos": picked["mos"].to_numpy(dtype=float),
-        "prediction": np.asarray(predictions, dtype=float),
+        **scores,
     })
     for name, values in (extra or {}).items():
         table[name] = np.asarray(values, dtype=float)
     return table
 
 
+def _score_columns(picked: pd.DataFrame, predictions, targets: list[str] | None) -> dict:
+    """`mos`, `prediction` for one target; `mos_<t>`, `prediction_<t>` per target for several."""
+    predictions = np.asarray(predictions, dtype=float)
+    if not targets:
+        return {"mos": picked["mos"].to_numpy(dtype=float), "prediction": predictions}
+    columns = {}
+    for index, target in enumerate(targets):
+        columns[f"mos_{target}"] = picked[f"mos_{target}"].to_numpy(dtype=float)
+        columns[f"prediction_{target}"] = predictions[:, index]
+    return columns
+
+
+def prediction_targets(predictions: pd.DataFrame) -> list[str]:
+    """The targets of a multi-target predictions table (its `prediction_<target>` columns); [] for one target."""
+    if "prediction" in predictions.columns:
+        return []
+    return [column[len("prediction_"):] for column in predictions.columns if column.startswith("prediction_")]
+
+
 def evaluation_metrics(predictions: pd.DataFrame, min_group: int = 5) -> dict:
-    """Overall metrics plus one entry per generator with at least `min_group` images."""
+    """Overall metrics plus one entry per generator with at least `min_group` images.
+
+    For a multi-target table, `overall` and `per_generator` are the first target's and `per_target` holds every
+    target's overall metrics.
+    """
+    targets = prediction_targets(predictions)
+    if targets:
+        first = predictions.assign(mos=predictions[f"mos_{targets[0]}"],
+                                   prediction=predictions[f"prediction_{targets[0]}"])
+        result = evaluation_metrics(first, min_group)
+        result["per_target"] = {target: _clean(compute_metrics(predictions[f"prediction_{target}"],
+                                                               predictions[f"mos_{target}"])) for target in targets}
+        return result
     result = {"overall": _clean(compute_metrics(predictions["prediction"], predictions["mos"]))}
     per_generator = {}
     for generator, group in predictions.groupby("generator", sort=True):
@@ -57,6 +94,13 @@ def metrics_markdown(metrics: dict, title: str = "Test results") -> str:
     for name, values in rows:
         cells = [format_value(values.get(key)) for key in METRIC_KEYS]
         lines.append(f"| {name} | {values.get('n', '')} | " + " | ".join(cells) + " |")
+    if metrics.get("per_target"):
+        first = next(iter(metrics["per_target"]))
+        lines[2:2] = [f"Overall and per-generator rows: target `{first}`.", ""]
+        lines += ["", "| target | n | SRCC | PLCC | KRCC | RMSE |", "|---|---|---|---|---|---|"]
+        for name, values in metrics["per_target"].items():
+            cells = [format_value(values.get(key)) for key in METRIC_KEYS]
+            lines.append(f"| {name} | {values.get('n', '')} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("PLCC and RMSE are computed after the official 4-parameter logistic fit; SRCC and KRCC on raw scores.")
     return "\n".join(lines) + "\n"
@@ -100,7 +144,11 @@ def _pyplot():
 
 
 def scatter_plot(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Prediction vs MOS scatter, coloured by generator."""
+    """Prediction vs MOS scatter, coloured by generator (the first target's for a multi-target table)."""
+    targets = prediction_targets(predictions)
+    if targets:
+        predictions = predictions.assign(mos=predictions[f"mos_{targets[0]}"],
+                                         prediction=predictions[f"prediction_{targets[0]}"])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for generator, group in predictions.groupby("generator", sort=True):

@@ -21,7 +21,9 @@ from agiqa.models._config import without_weight_sources
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
-from agiqa.training.datamodule import AGIQADataModule, check_data_root
+from agiqa.errors import ConfigError
+from agiqa.models._factory import model_targets
+from agiqa.training.datamodule import AGIQADataModule, check_data_root, multi_targets
 from agiqa.models import model_scores, needs_semantic, saved_architecture
 from agiqa.training.module import IQAModule
 from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
@@ -36,10 +38,37 @@ def default_cache_dir() -> str:
 
 
 def build_module(config: TrainConfig) -> IQAModule:
+    """The module of `config`; a multi-target `data.target` gives the model one output per target."""
     optim = config.optim
-    return IQAModule(model=config.model.name, model_kwargs=dict(config.model.kwargs),
-                     pretrained=config.model.pretrained, lr=optim.lr, weight_decay=optim.weight_decay,
-                     t_max=optim.t_max, eta_min=optim.eta_min, loss=optim.loss)
+    targets = multi_targets(config.data)
+    model_kwargs = dict(config.model.kwargs, **({"targets": targets} if targets else {}))
+    check_target_weights(optim.target_weights, targets)
+    try:
+        return IQAModule(model=config.model.name, model_kwargs=model_kwargs,
+                         pretrained=config.model.pretrained, lr=optim.lr, weight_decay=optim.weight_decay,
+                         t_max=optim.t_max, eta_min=optim.eta_min, loss=optim.loss,
+                         **({"target_weights": dict(optim.target_weights)} if targets else {}))
+    except TypeError as err:
+        if targets and "targets" in str(err):
+            raise ConfigError(f"data.target asks for {len(targets)} targets ({', '.join(targets)}) but model "
+                              f"{config.model.name} has a single output; multi-target models: ma_agiqa, "
+                              "moe_agiqa (and their test_ variants)") from err
+        raise
+
+
+def check_target_weights(weights: dict, targets: list[str] | None) -> None:
+    """`optim.target_weights` must name targets of a multi-target run, with non-negative numbers."""
+    if not weights:
+        return
+    if not targets:
+        raise ConfigError("optim.target_weights is for multi-target runs (data.target with two or more targets)")
+    unknown = sorted(set(weights) - set(targets))
+    if unknown:
+        raise ConfigError(f"optim.target_weights names {', '.join(unknown)}, not among the run's targets: "
+                          f"{', '.join(targets)}")
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"optim.target_weights.{name} must be a non-negative number, got {value!r}")
 
 
 def with_image_cache(data: DataSection) -> DataSection:
@@ -62,8 +91,10 @@ def test_data(config: TrainConfig, data: DataSection) -> DataSection | None:
     """The cross-dataset test set's data section (`test.dataset`), or None to test on `data`'s own split."""
     if not config.test.dataset:
         return None
+    # A multi-target run is tested on the same targets unless test.target names others.
+    target = config.test.target or (data.target if multi_targets(data) else None)
     return dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
-                               target=config.test.target, csv=None, split_file=None)
+                               target=target, csv=None, split_file=None)
 
 
 def processing(model: torch.nn.Module) -> dict:
@@ -121,7 +152,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if not trainer.is_global_zero:
         return {}
     if module.last_val_table is not None:
-        rows, predictions = module.last_val_table[:, 0].astype(int), module.last_val_table[:, 1]
+        num_targets = len(module.targets)
+        rows = module.last_val_table[:, 0].astype(int)
+        predictions = module.last_val_table[:, 1:1 + num_targets]
+        predictions = predictions[:, 0] if num_targets == 1 else predictions
         predictions_frame(datamodule.fit_data.frame, rows, predictions).assign(row=rows).to_csv(
             out / "val_predictions.csv", index=False)
     best = out / "checkpoints" / "best.ckpt"
@@ -148,7 +182,7 @@ def training_record(config: TrainConfig, datamodule: AGIQADataModule) -> dict:
     split = datamodule.fit_data.split
     data = config.data
     return {"dataset": f"{data.dataset} (root {data.root})" + (f", labels {data.csv}" if data.csv else ""),
-            "target": data.target or "the dataset's default",
+            "target": _target_text(data.target),
             "split": f"{split.method}, seed {split.seed}: {len(split.train)} train / {len(split.val)} validation / "
                      f"{len(split.test)} test images (indices in the run's split.json)",
             "recipe": f"{config.trainer.max_epochs} epochs, batch {data.batch_size}, lr {config.optim.lr}, "
@@ -156,6 +190,12 @@ def training_record(config: TrainConfig, datamodule: AGIQADataModule) -> dict:
             "best epoch chosen on": "the test split (--official-quirks)" if datamodule.select_on_test
             else "the validation split",
             "run": str(Path(config.output_dir).resolve())}
+
+
+def _target_text(target: str | list | None) -> str:
+    if target is None:
+        return "the dataset's default"
+    return target if isinstance(target, str) else ", ".join(target)
 
 
 def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
@@ -215,25 +255,36 @@ def load_trained_module(checkpoint: str | Path) -> IQAModule:
 
 def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | None = None,
                  precision: str = "auto") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rows, columns) for every batch of an evaluation loader: `prediction`, and for models with experts
-    `gate_<expert>` / `expert_<expert>` from the same forward pass (`model.explain`, as `agiqa score` does)."""
+    """(rows, columns) for every batch of an evaluation loader: `prediction` ((n,), or (n, T) for a multi-target
+    model), and for models with experts `gate_<expert>` / `expert_<expert>` from the same forward pass
+    (`model.explain`, as `agiqa score` does)."""
     from agiqa.models._factory import expert_names, explanation_columns
 
     device = resolve_device(device)
     model = prepare_model(model, device)
     experts = expert_names(model)
+    targets = model_targets(model)
     rows, parts = [], []
     for batch in loader:
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
         with inference_context(precision, device):
             if experts:
-                part = {"prediction" if name == "score" else name: value
-                        for name, value in explanation_columns(model, inputs, experts).items()}
+                part = prediction_column(explanation_columns(model, inputs, experts), targets)
             else:
                 part = {"prediction": model_scores(model, inputs)}
         rows.append(batch["row"].numpy())
         parts.append({name: value.float().cpu().numpy() for name, value in part.items()})
     return np.concatenate(rows), {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def prediction_column(columns: dict, targets: list[str]) -> dict:
+    """`explanation_columns` with the score(s) as one `prediction` column: `score` for one target, the
+    `score_<target>` columns stacked to (B, T) for several."""
+    columns = dict(columns)
+    score = columns.pop("score")
+    if len(targets) > 1:
+        score = torch.stack([columns.pop(f"score_{target}") for target in targets], dim=1)
+    return {"prediction": score, **columns}
 
 
 def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir: str | Path, title: str = "",
@@ -260,7 +311,7 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
         data = with_level_features(data, model, out_dir)
     else:
         model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
-    data = with_image_cache(data)
+    data = with_image_cache(with_model_targets(data, model_targets(model)))
     datamodule = AGIQADataModule(data, needs_semantic=needs_semantic(model), test_subset=subset, **processing(model))
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -279,6 +330,19 @@ def with_level_features(data: DataSection, model: torch.nn.Module, out_dir: str 
                                    encoder=model.config.encoder, prompts=list(options["prompts"]),
                                    answers=list(options["answers"]))
     return dataclasses.replace(data, features=features)
+
+
+def with_model_targets(data: DataSection, targets: list[str]) -> DataSection:
+    """`data` evaluated on a multi-target model's targets (when `data.target` is unset); a `ConfigError` when it
+    asks for other targets than the model predicts."""
+    if len(targets) == 1:
+        return data
+    if data.target is None:
+        return dataclasses.replace(data, target=list(targets))
+    asked = multi_targets(data)
+    if asked != targets:
+        raise ConfigError(f"data.target {data.target!r} does not match the model's targets: {', '.join(targets)}")
+    return data
 
 
 def model_image_size(model_dir: str | Path) -> int:
