@@ -156,3 +156,4 @@ def test_level_features_extracted_by_the_cli_serve_the_zero_shot_scorer(vlm, ima
 def test_a_vlm_spec_without_a_model_is_refused():
     with pytest.raises(ValueError, match="name the VLM after 'vlm:'"):
         Scorer("vlm:", device="cpu")
+    assert main(["score", "vlm:", "a.png"]) == 2  # the CLI says so in one line, no traceback

@@ -16,6 +16,7 @@ import os
 import torch
 from torch import nn
 
+from agiqa.errors import ConfigError
 from agiqa.models._config import ModelConfig
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
@@ -96,7 +97,7 @@ def model_from_spec(spec: str, trust_remote_code: bool = False) -> VlmLevels:
     prefix = next(prefix for prefix in SPEC_PREFIXES if spec.startswith(prefix))
     encoder = spec[len(prefix):]
     if not encoder:
-        raise ValueError(f"{spec!r}: name the VLM after {prefix!r} (a hub id, a local folder or one of "
+        raise ConfigError(f"{spec!r}: name the VLM after {prefix!r} (a hub id, a local folder or one of "
                          f"{', '.join(PRESETS)})")
     preset = PRESETS.get(encoder) if not os.path.isdir(encoder) else None
     return vlm_levels(**(preset or {"encoder": encoder}), question=SPEC_PREFIXES[prefix],
