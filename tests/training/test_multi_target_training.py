@@ -13,6 +13,7 @@ from agiqa.cli import main
 from agiqa.data.synth import generate_synthetic
 from agiqa.data.transforms import normalize, resize_image
 from agiqa.errors import ConfigError
+from agiqa.metrics import compute_metrics
 from agiqa.models import create_model
 from agiqa.training.config import DataSection, TrainConfig, target_names
 from agiqa.training.datamodule import AGIQADataModule, resolve_targets
@@ -108,7 +109,6 @@ def test_train_evaluate_and_score_a_two_target_model(synth_root, tmp_path):
     assert "| quality | 12 |" in report and "| alignment | 12 |" in report
     assert {"prediction_quality", "prediction_alignment"} <= set(pd.read_csv(run / "val_predictions.csv").columns)
     assert json.loads((run / "model" / "config.json").read_text())["targets"] == TARGETS
-    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0  # on the first target
 
     assert main(["evaluate", str(run / "model"), "--dataset", "agiqa3k", "--root", str(synth_root),
                  "--split-file", str(run / "split.json"), "--out", str(tmp_path / "eval"), "--precision", "fp32"]) == 0
@@ -178,3 +178,55 @@ def test_a_two_target_ma_agiqa_learns_both_targets(tmp_path):
     # than fit in about two CPU minutes. The bounds below check that both heads learn, with a margin for thread counts.
     assert per_target["quality"]["srcc"] >= 0.3
     assert per_target["alignment"]["srcc"] >= 0.4
+
+
+def test_reproduce_and_report_show_every_target_beside_single_target_runs(synth_root, tmp_path, capsys):
+    """`agiqa reproduce` of a two-target config tables each target over seeds; `agiqa report` of that reproduction,
+    one of its runs and two single-target runs shows every target, side by side with the single-target models."""
+    configs = tmp_path / "configs" / "tiny"
+    configs.mkdir(parents=True)
+    multi_config(synth_root, tmp_path, target="quality").to_yaml(configs / "agiqa3k.yaml")
+    repro = tmp_path / "repro"
+    assert main(["reproduce", "tiny", "--dataset", "agiqa3k", "--configs-dir", str(tmp_path / "configs"),
+                 "--root", str(synth_root), "--seeds", "2", "--splits", "official",
+                 "--set", "data.target=quality,alignment", "--out", str(repro)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((repro / "runs.json").read_text())["splits"]["official"]
+    seeds = [json.loads((repro / "official" / f"seed{seed}" / "metrics.json").read_text()) for seed in (20, 21)]
+    assert list(summary["per_target"]) == TARGETS
+    for target in TARGETS:
+        srcc = [seed["per_target"][target]["srcc"] for seed in seeds]
+        assert summary["per_target"][target]["summary"]["srcc"]["mean"] == pytest.approx(np.mean(srcc))
+        assert summary["per_target"][target]["summary"]["srcc"]["std"] == pytest.approx(np.std(srcc, ddof=1))
+        assert f"| {target} | {np.mean(srcc):.4f} ± {np.std(srcc, ddof=1):.4f} |" in printed
+    assert "Rows above: target `quality`" in printed and "| target | official split SRCC | official split PLCC |" \
+        in printed
+
+    singles = {}
+    for target in TARGETS:
+        config = multi_config(synth_root, tmp_path / target, target=target)
+        config.data.split_file = str(repro / "official" / "seed20" / "split.json")  # the same test images
+        train(config, progress=False)
+        singles[target] = tmp_path / target / "run"
+    multi = repro / "official" / "seed20"
+    out = tmp_path / "report"
+    assert main(["report", str(multi), str(singles["quality"]), str(singles["alignment"]), str(repro),
+                 "--out", str(out), "--worst", "2"]) == 0
+    side_by_side = pd.read_csv(out / "tables" / "all-overall.csv", index_col=0)
+    assert list(side_by_side.index) == ["seed20 · quality", "seed20 · alignment", "run · quality", "run · alignment"]
+    assert list(side_by_side["target"]) == TARGETS * 2
+    predictions = pd.read_csv(multi / "predictions.csv")
+    for target in TARGETS:
+        expected = compute_metrics(predictions[f"prediction_{target}"], predictions[f"mos_{target}"])
+        assert side_by_side.loc[f"seed20 · {target}", "srcc"] == pytest.approx(expected["srcc"])
+        single = pd.read_csv(singles[target] / "predictions.csv")
+        assert sorted(single["name"]) == sorted(predictions["name"])
+        assert side_by_side.loc[f"run · {target}", "rmse"] == pytest.approx(
+            compute_metrics(single["prediction"], single["mos"])["rmse"])
+    page = (out / "report.html").read_text()
+    assert 'id="run2-scatter"' in page and "Target: <code>alignment</code>" in page  # each target has its sections
+    per_target = pd.read_csv(out / "tables" / "run5-per-target.csv", index_col=0)
+    assert list(per_target.index) == TARGETS
+    assert per_target.loc["alignment", "official split SRCC"] == (
+        f"{summary['per_target']['alignment']['summary']['srcc']['mean']:.4f} ± "
+        f"{summary['per_target']['alignment']['summary']['srcc']['std']:.4f}")

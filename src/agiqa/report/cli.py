@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "tables/*.csv for each RUN: a training run or `agiqa evaluate` output (predictions.csv with MOS), an "
         "`agiqa reproduce` output (runs.json: mean ± std over seeds beside the paper), or `agiqa score` output "
         "(a shard folder or a .csv/.parquet/.jsonl: score histogram, best-of-N per prompt, lowest-scored images). "
-        "Several evaluation runs are also compared side by side (e.g. MA-AGIQA against its MANIQA-only ablation).")
+        "Several evaluation runs are also compared side by side (e.g. MA-AGIQA against its MANIQA-only ablation); a "
+        "multi-target run is shown once per target, so it sits beside single-target runs of each target.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders or score outputs")
     parser.add_argument("--out", default="report", help="output folder (default: ./report)")
     parser.add_argument("--worst", type=int, default=12, help="images in the worst-case / lowest-score galleries")
@@ -20,9 +21,9 @@ def register(subparsers) -> None:
 
 def _report(args) -> int:
     from agiqa.report.page import Report
-    from agiqa.report.runs import load_run
+    from agiqa.report.runs import load_runs
 
-    runs = [load_run(path) for path in args.runs]
+    runs = [run for path in args.runs for run in load_runs(path)]
     path = Report(args.out, worst=args.worst).write(runs, title=args.title)
     print(f"wrote {path} ({len(runs)} run(s)); figures in {path.parent / 'figures'}, tables in "
           f"{path.parent / 'tables'}")

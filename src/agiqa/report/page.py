@@ -71,7 +71,8 @@ class Report:
 
     # ----------------------------------------------------------------------------------------------------------
     def _comparison(self, runs: list[Run]) -> None:
-        overall = pd.DataFrame({run.name: overall_metrics(run.table) for run in runs}).T
+        overall = pd.DataFrame.from_dict({run.name: {"target": run.target or "—", **overall_metrics(run.table)}
+                                          for run in runs}, orient="index")
         histograms = [(run.name, *tables.error_histogram(run.table["prediction"], run.table["mos"])) for run in runs]
         self._add("all", "comparison", "All runs side by side", self._table(overall, "all-overall"),
                   "<p>Error density of every run on one axis: more mass in the first bins = fewer large errors "
@@ -81,9 +82,10 @@ class Report:
     def _evaluation(self, run: Run, prefix: str) -> None:
         table = run.table
         metrics = overall_metrics(table)
+        target = f" Target: <code>{html.escape(run.target)}</code>." if run.target else ""
         self._add(prefix, "summary", "Test results",
-                  f"<p>{len(table)} images from <code>{html.escape(str(run.path))}</code>. PLCC and RMSE after the "
-                  "official 4-parameter logistic fit; SRCC and KRCC on raw scores.</p>",
+                  f"<p>{len(table)} images from <code>{html.escape(str(run.path))}</code>.{target} PLCC and RMSE "
+                  "after the official 4-parameter logistic fit; SRCC and KRCC on raw scores.</p>",
                   self._table(pd.DataFrame({"overall": metrics}).T, f"{prefix}-overall"))
         self._add(prefix, "scatter", "Predicted vs MOS",
                   self._figure(figures.scatter_with_fit, f"{prefix}-scatter", table, metrics, run.name))
@@ -124,7 +126,7 @@ class Report:
         self._add(prefix, "gates", "Gate weights", *parts)
 
     def _reproduce(self, run: Run, prefix: str) -> None:
-        from agiqa.training.reproduce import SPLIT_TITLES, paper_note, paper_result
+        from agiqa.training.reproduce import SPLIT_TITLES, paper_note, paper_result, per_target_rows
 
         summary = run.summary
         model, experiment, seeds = summary.get("model", "?"), summary.get("experiment", "?"), summary["seeds"]
@@ -139,6 +141,11 @@ class Report:
         else:
             note = "" if paper else paper_note(model)
         parts = [self._table(pd.DataFrame(rows).T, f"{prefix}-vs-paper"), f"<p>{html.escape(note)}</p>"]
+        per_target = per_target_rows(summary["splits"])
+        if per_target:
+            parts += [f"<h4>Every target (mean ± std over seeds; the rows above are <code>"
+                      f"{html.escape(next(iter(per_target)))}</code>)</h4>",
+                      self._table(pd.DataFrame(per_target).T, f"{prefix}-per-target")]
         for kind, result in summary["splits"].items():
             per_seed = pd.DataFrame(result["runs"], index=[f"seed {s}" for s in seeds])
             per_seed = per_seed[[k for k in ("n", *tables.METRICS) if k in per_seed]]

@@ -3,6 +3,7 @@ a reproduction (`agiqa reproduce`: runs.json), or scores (`agiqa score` output: 
 / .jsonl file)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from agiqa.errors import AgiqaError
+from agiqa.training.reports import prediction_targets
 
 SCORE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
@@ -25,55 +27,78 @@ class Run:
     metrics: dict | None = None
     summary: dict | None = None
     model_dir: Path | None = None
+    target: str | None = None  # what `mos` / `prediction` measure, where the run says (one Run per target)
 
     @property
     def name(self) -> str:
-        return self.path.name if self.path.name not in ("", ".") else str(self.path)
+        folder = self.path.name if self.path.name not in ("", ".") else str(self.path)
+        return f"{folder} · {self.target}" if self.target and self.kind == "evaluation" else folder
 
     @property
     def gate_columns(self) -> list[str]:
         return [c for c in self.table.columns if c.startswith("gate_")] if self.table is not None else []
 
 
-def load_run(path: str | Path) -> Run:
-    """The run at `path`, of whichever kind it is; an `AgiqaError` naming the path when it is none of them."""
+def load_runs(path: str | Path) -> list[Run]:
+    """The run at `path`, of whichever kind it is; a multi-target evaluation becomes one Run per target (in the
+    model's order, each with that target's `mos` / `prediction`), so every section shows each target. An
+    `AgiqaError` names the path when it is no run."""
     path = Path(path)
     if not path.exists():
         raise AgiqaError(f"{path}: no such run directory or file")
     if path.is_dir() and (path / "predictions.csv").is_file():
-        return _evaluation(path)
+        return _evaluations(path)
     if path.is_dir() and (path / "runs.json").is_file():
-        return Run(path, "reproduce", summary=json.loads((path / "runs.json").read_text()))
+        return [Run(path, "reproduce", summary=json.loads((path / "runs.json").read_text()))]
     if path.is_dir() and (path / "_manifest.json").is_file():
-        return _scores(path, _shard_folder(path))
+        return [_scores(path, _shard_folder(path))]
     if path.is_file() and path.suffix.lower() in SCORE_SUFFIXES:
-        return _scores(path, _score_file(path))
+        return [_scores(path, _score_file(path))]
     raise AgiqaError(f"{path}: not a run agiqa can report on (expected a folder with predictions.csv from `agiqa "
                      "train` / `agiqa evaluate`, runs.json from `agiqa reproduce`, an `agiqa score` output folder "
                      "with _manifest.json, or a scores .csv / .parquet / .jsonl)")
 
 
-def _evaluation(path: Path) -> Run:
-    table = _first_target(pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""]))
-    missing = {"mos", "prediction"} - set(table.columns)
+def load_run(path: str | Path) -> Run:
+    """The run at `path` (a multi-target evaluation: its first target, as its metrics.json `overall`)."""
+    return load_runs(path)[0]
+
+
+def _evaluations(path: Path) -> list[Run]:
+    table = pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""])
+    targets = prediction_targets(table)
+    needed = [f"{kind}_{target}" for target in targets for kind in ("mos", "prediction")] or ["mos", "prediction"]
+    missing = [column for column in needed if column not in table.columns]
     if missing:
-        raise AgiqaError(f"{path / 'predictions.csv'}: missing column(s) {sorted(missing)}")
+        raise AgiqaError(f"{path / 'predictions.csv'}: missing column(s) {missing}")
     for column in ("generator", "prompt"):
         if column in table:
             table[column] = table[column].fillna("").astype(str)
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else None
     candidates = [path / "model", Path((metrics or {}).get("model_dir") or path / "model")]  # train / evaluate
     model_dir = next((folder for folder in candidates if (folder / "config.json").is_file()), None)
-    return Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
+    run = Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
+    if not targets:
+        return [dataclasses.replace(run, target=_single_target(path))]
+    return [dataclasses.replace(run, target=target, table=table.assign(
+        mos=table[f"mos_{target}"], prediction=table[f"prediction_{target}"])) for target in targets]
 
 
-def _first_target(table: pd.DataFrame) -> pd.DataFrame:
-    """A multi-target run's predictions (`mos_<target>`, `prediction_<target>` pairs) reported on its first target
-    (as its metrics.json `overall` is); other tables unchanged."""
-    targets = [column[len("prediction_"):] for column in table.columns if column.startswith("prediction_")]
-    if "prediction" in table.columns or not targets or f"mos_{targets[0]}" not in table.columns:
-        return table
-    return table.assign(mos=table[f"mos_{targets[0]}"], prediction=table[f"prediction_{targets[0]}"])
+def _single_target(path: Path) -> str | None:
+    """The target a single-target training run was trained on (its config.yaml: `data.target`, else the dataset's
+    default), or None where it does not say."""
+    if not (path / "config.yaml").is_file():
+        return None
+    from agiqa.data.datasets import GENERIC, get_dataset_info
+    from agiqa.training.config import TrainConfig, target_names
+
+    try:
+        data = TrainConfig.from_yaml(path / "config.yaml").data
+        if data.target:
+            return target_names(data.target)[0]
+        return (data.score_col or "mos") if data.dataset == GENERIC else get_dataset_info(data.dataset).default_target
+    except (AgiqaError, OSError, ValueError):
+        return None
 
 
 def _scores(path: Path, table: pd.DataFrame) -> Run:

@@ -55,7 +55,7 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
         config.data = seed_split(config.data, seed, kind)
         config.trainer.seed = seed
         config.output_dir = str(out / kind / f"seed{seed}")
-        return train(config, progress=progress)["overall"], config.data, Path(config.output_dir)
+        return train(config, progress=progress), config.data, Path(config.output_dir)
 
     model = paper_model or TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])]).model.name
     return run_seeds(run, model, Path(config_path).stem, seeds, out, splits)
@@ -74,26 +74,32 @@ def reproduce_zero_shot(spec: str, data: DataSection, seeds: int, out_dir: str |
 
     def run(kind: str, seed: int) -> tuple[dict, DataSection, Path]:
         seed_data, folder = seed_split(data, seed, kind), out / kind / f"seed{seed}"
-        return evaluate(spec, seed_data, folder, device=device, precision=precision)["overall"], seed_data, folder
+        return evaluate(spec, seed_data, folder, device=device, precision=precision), seed_data, folder
 
     return run_seeds(run, spec, data.dataset, seeds, out, splits)
 
 
 def run_seeds(run, model: str, experiment: str, seeds: int, out: Path, splits: tuple[str, ...]) -> str:
-    """`run(kind, seed) -> (overall metrics, data section, run folder)` for every kind of split and seed; writes
-    runs.json and results.md and returns the table."""
+    """`run(kind, seed) -> (metrics.json dict, data section, run folder)` for every kind of split and seed; writes
+    runs.json and results.md and returns the table. A multi-target run's `runs`/`summary` are its first target's
+    (as its `overall`), and `per_target` holds every target's runs and summary."""
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise AgiqaError(f"unknown kind(s) of split {unknown or list(splits)} (--splits); choose from "
                          f"{', '.join(SPLITS)}")
     results = {}
     for kind in splits:
-        runs, seen = [], []
+        runs, per_target, seen = [], {}, []
         for seed in seed_list(seeds):
             metrics, data, folder = run(kind, seed)
-            runs.append(metrics)
+            runs.append(metrics["overall"])
+            for target, values in metrics.get("per_target", {}).items():
+                per_target.setdefault(target, []).append(values)
             seen.append(prompts_seen_in_training(data, folder))
         results[kind] = {"runs": runs, "summary": summarize_runs(runs), "test_prompts_seen_in_training": seen}
+        if per_target:
+            results[kind]["per_target"] = {target: {"runs": values, "summary": summarize_runs(values)}
+                                           for target, values in per_target.items()}
     (out / "runs.json").write_text(json.dumps({"model": model, "experiment": experiment, "seeds": seed_list(seeds),
                                                "splits": results}, indent=2))
     table = results_table(model, experiment, results, seeds)
@@ -135,6 +141,13 @@ def results_table(model: str, experiment: str, results: dict, n_seeds: int) -> s
             cells.append(f"{stats.get('mean', float('nan')):.4f} ± {stats.get('std', float('nan')):.4f}")
         theirs = f"{paper[key]:.4f}" if key in paper else "—"
         lines.append(f"| {key.upper()} | " + " | ".join(cells) + f" | {theirs} |")
+    per_target = per_target_rows(results)
+    if per_target:
+        first = next(iter(per_target))
+        header = list(next(iter(per_target.values())))
+        lines[2:2] = [f"Rows above: target `{first}` (the model's first); every target below.", ""]
+        lines += ["", "| target | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        lines += [f"| {target} | " + " | ".join(row.values()) + " |" for target, row in per_target.items()]
     seen = [f"{SPLIT_TITLES[k]} {_mean_overlap(results[k])}" for k in kinds if results[k].get(
         "test_prompts_seen_in_training")]
     if seen:
@@ -144,6 +157,19 @@ def results_table(model: str, experiment: str, results: dict, n_seeds: int) -> s
     elif not paper:
         lines += ["", paper_note(model)]
     return "\n".join(lines) + "\n"
+
+
+def per_target_rows(results: dict) -> dict[str, dict[str, str]]:
+    """{target: {"<split> SRCC": "mean ± std", "<split> PLCC": ...}} of a multi-target reproduction; {} for one
+    target."""
+    rows: dict[str, dict[str, str]] = {}
+    for kind, result in results.items():
+        for target, values in result.get("per_target", {}).items():
+            for key in ("srcc", "plcc"):
+                stats = values["summary"].get(key, {})
+                rows.setdefault(target, {})[f"{SPLIT_TITLES[kind]} {key.upper()}"] = (
+                    f"{stats.get('mean', float('nan')):.4f} ± {stats.get('std', float('nan')):.4f}")
+    return rows
 
 
 def _mean_overlap(result: dict) -> str:
