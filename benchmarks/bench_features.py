@@ -30,34 +30,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "seman
 
 def real_size_qwen2_vl(device: torch.device, dtype: torch.dtype, layers: int | None = None):
     """Qwen2-VL-7B dimensions with random weights, built directly on `device` in `dtype`."""
-    from _tiny import QWEN_SPECIALS, QWEN_TEMPLATE, make_tokenizer
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
-    from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from _tiny import qwen2_vl
 
-    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    config = Qwen2VLConfig(
-        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers or 28,
-                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                         pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
-        vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            model = Qwen2VLForConditionalGeneration(config).eval()
-        finally:
-            torch.set_default_dtype(default)
-    pixels = 448 * 448
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size={"shortest_edge": pixels,
-                                                                             "longest_edge": pixels}),
-                                 tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+    text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers or 28, num_attention_heads=28,
+                num_key_value_heads=4, max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    vision = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4)
+    model, processor = qwen2_vl(text, vision, pixels=448 * 448, vocab_size=152064, device=device, dtype=dtype)
     return model, processor, 448
 
 

@@ -31,29 +31,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "seman
 
 def small_qwen2_vl(seed: int = 0):
     """A Qwen2-VL with a 512-d, 4-layer LM and a 4-block ViT; its tokenizer knows the level words."""
-    from _tiny import CORPUS, LEVEL_CORPUS, QWEN_SPECIALS, QWEN_TEMPLATE, make_tokenizer
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
-    from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from _tiny import CORPUS, LEVEL_CORPUS, qwen2_vl
 
-    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", corpus=CORPUS + LEVEL_CORPUS)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-                         pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
-        vision_config=dict(depth=4, embed_dim=256, hidden_size=512, num_heads=4, mlp_ratio=4, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    pixels = 224 * 224
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size={"shortest_edge": pixels,
-                                                                             "longest_edge": pixels}),
-                                 tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
-    return model, processor
+    text = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=2, max_position_embeddings=2048,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]})
+    vision = dict(depth=4, embed_dim=256, hidden_size=512, num_heads=4, mlp_ratio=4)
+    return qwen2_vl(text, vision, pixels=224 * 224, corpus=CORPUS + LEVEL_CORPUS, seed=seed)
 
 
 def build(size: str):

@@ -54,32 +54,44 @@ def make_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
-def tiny_qwen2_vl(seed: int = 0, level_words: bool = False):
-    """Tiny Qwen2-VL; with `level_words`, its tokenizer also knows the level words as single tokens."""
+def qwen2_vl(text: dict, vision: dict, pixels: int, corpus: list[str] = CORPUS, vocab_size: int | None = None,
+             seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A random-weight Qwen2-VL of the given LM (`text`) and ViT (`vision`) sizes, built on `device` in `dtype`,
+    whose processor resizes every image to `pixels` pixels; its tokenizer is trained on `corpus`. `vocab_size`
+    overrides the LM's vocabulary size (default: the tokenizer's)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers import Qwen2VLVideoProcessor
 
-    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
-                         corpus=CORPUS + LEVEL_CORPUS if level_words else CORPUS)
+    tok = make_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", corpus=corpus)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-            pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], bos_token_id=None,
-        ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        text_config=dict(vocab_size=vocab_size or len(tok), **text, pad_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], bos_token_id=None),
+        vision_config=dict(**vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56})
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels})
     processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok,
                                  video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
     return model, processor
+
+
+def tiny_qwen2_vl(seed: int = 0, level_words: bool = False):
+    """Tiny Qwen2-VL; with `level_words`, its tokenizer also knows the level words as single tokens."""
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2)
+    return qwen2_vl(text, vision, pixels=56 * 56, corpus=CORPUS + LEVEL_CORPUS if level_words else CORPUS, seed=seed)
 
 
 def tiny_llava(seed: int = 0, level_words: bool = False):
