@@ -13,7 +13,7 @@ from PIL import Image
 from agiqa.cli import main
 from agiqa.metrics import compute_metrics
 from agiqa.report.figures import SIZE
-from agiqa.report.runs import load_run
+from agiqa.report.runs import load_runs
 from agiqa.report.tables import error_histogram, group_metrics
 
 EVALUATION_SECTIONS = ["summary", "scatter", "error-density", "per-generator", "per-style", "per-adj1", "per-adj2",
@@ -79,7 +79,9 @@ def test_fig6_bins_hold_every_image_once(report):
 
 def test_per_generator_table_is_compute_metrics_on_each_group(report):
     out, repro, _ = report
-    predictions = load_run(repro / "official" / "seed20").table
+    (run,) = load_runs(repro / "official" / "seed20")
+    assert run.target == "quality"  # the dataset's default target, read from the run's config.yaml
+    predictions = run.table
     written = pd.read_csv(out / "tables" / "run1-per-generator.csv", index_col=0)
     assert list(written.index) == sorted(g for g, group in predictions.groupby("generator") if len(group) >= 5)
     for generator, row in written.iterrows():

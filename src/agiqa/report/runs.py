@@ -59,11 +59,6 @@ def load_runs(path: str | Path) -> list[Run]:
                      "with _manifest.json, or a scores .csv / .parquet / .jsonl)")
 
 
-def load_run(path: str | Path) -> Run:
-    """The run at `path` (a multi-target evaluation: its first target, as its metrics.json `overall`)."""
-    return load_runs(path)[0]
-
-
 def _evaluations(path: Path) -> list[Run]:
     table = pd.read_csv(path / "predictions.csv", keep_default_na=False, na_values=[""])
     targets = prediction_targets(table)
