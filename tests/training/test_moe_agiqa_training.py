@@ -143,16 +143,24 @@ def test_reproduce_table_says_moe_agiqa_has_no_published_numbers():
 
 
 @pytest.mark.slow
-def test_tiny_moe_agiqa_learns_synthetic_quality(tmp_path):
-    """The packaged `moe_agiqa/synth_tiny` experiment as a user runs it: the whole tiny architecture (degradation and
-    prior ViTs, BLIP text encoder on the prompt image, cross-attention, top-3 of 4 experts) from scratch on 6,000
-    synthetic images, ~5 min on 2 cores (16 epochs). No prompt mismatches here: every quality loss is in the pixels."""
+def test_tiny_moe_agiqa_learns_quality_and_alignment_at_once(tmp_path):
+    """The packaged `moe_agiqa/synth_tiny` experiment as a user runs it, with two targets: the whole tiny architecture
+    (degradation and prior ViTs, BLIP text encoder on the prompt image, cross-attention, top-3 of 4 experts, one
+    output per target) from scratch on 6,000 synthetic images, ~5 min on 2 cores (16 epochs). No prompt mismatches
+    here, so both targets are driven by what is in the pixels: quality by every degradation, alignment by blur and
+    noise alone (docs/data.md), with rater noise 0.2 so that its many ties at the top are not ordered by chance."""
     data = tmp_path / "synth"
     agiqa = [sys.executable, "-m", "agiqa"]  # fresh processes: nothing another test set (threads, seeds) leaks in
-    subprocess.run([*agiqa, "synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0"],
-                   check=True, capture_output=True)
+    subprocess.run([*agiqa, "synth", "--out", str(data), "--n", "6000", "--image-size", "40", "--mismatch-rate", "0",
+                    "--rater-noise", "0.2"], check=True, capture_output=True)
     subprocess.run([*agiqa, "train", "-c", "moe_agiqa/synth_tiny", "--set", f"data.root={data}",
-                    "--out", str(tmp_path / "run")], check=True, capture_output=True)
+                    "--set", "data.target=quality,alignment", "--out", str(tmp_path / "run")],
+                   check=True, capture_output=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_scored"] == metrics["n_test"] == 1200
-    assert metrics["overall"]["srcc"] >= 0.85
+    per_target = metrics["per_target"]
+    # Measured (docs/moe_agiqa.md): quality 0.880, alignment 0.727; single-target models of the same recipe 0.864
+    # and 0.734. Alignment stays lower because an image model that mistakes the median filter's smoothing for blur
+    # is capped near 0.73 on this target (docs/data.md): the 0.8 the issue asked for is not reached.
+    assert per_target["quality"]["srcc"] >= 0.85
+    assert per_target["alignment"]["srcc"] >= 0.65

@@ -151,35 +151,6 @@ def test_moe_agiqa_trains_one_expert_output_per_target(synth_root, tmp_path):
     assert {"expert_expert0_quality", "expert_expert0_alignment", "prediction_alignment"} <= set(predictions.columns)
 
 
-# Alignment in `agiqa synth` data is driven by prompt mismatches, which an image-only MANIQA expert cannot see; with
-# `mismatch_rate=0` it depends on blur and noise alone (visible), and the low rater noise keeps its many ties at the
-# top (no blur, no noise) from being ordered by rater noise alone (oracle SRCC 0.93, docs/data.md).
-LEARNABLE = dict(mismatch_rate=0.0, rater_noise=0.2, image_size=32)
-
-
-@pytest.mark.slow
-def test_a_two_target_ma_agiqa_learns_both_targets(tmp_path):
-    n, epochs = 4000, 8
-    generate_synthetic(tmp_path / "data", n=n, seed=0, **LEARNABLE)
-    config = TrainConfig.from_dict({
-        "model": {"name": "test_ma_agiqa", "kwargs": {"semantic_experts": [], "patch_size": 4}},
-        "data": {"dataset": "agiqa3k", "root": str(tmp_path / "data"), "image_size": 32, "batch_size": 16,
-                 "eval_batch_size": 64, "target": "quality,alignment", "image_cache": str(tmp_path / "cache")},
-        # The alignment MOS varies about 50 times less than quality (variance 0.03 vs 1.4): unweighted, its share
-        # of the MSE is too small for the head to rank it (validation SRCC 0.62 vs 0.85 after 6 epochs, 6,000 images).
-        "optim": {"lr": 1e-3, "t_max": int(n * 0.7) // 16 * epochs, "eta_min": 1e-5,
-                  "target_weights": {"alignment": 20.0}},
-        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "precision": "32-true", "seed": 0},
-        "output_dir": str(tmp_path / "run"),
-    })
-    per_target = train(config, progress=False)["per_target"]
-    # Not the 0.8 we aimed for: this run measured test SRCC 0.346 (quality) and 0.478 (alignment) on 800 test images
-    # (docs/ma_agiqa.md, "Multi-target models"); a tiny MANIQA trained from scratch needs far more images and epochs
-    # than fit in about two CPU minutes. The bounds below check that both heads learn, with a margin for thread counts.
-    assert per_target["quality"]["srcc"] >= 0.3
-    assert per_target["alignment"]["srcc"] >= 0.4
-
-
 def test_reproduce_and_report_show_every_target_beside_single_target_runs(synth_root, tmp_path, capsys):
     """`agiqa reproduce` of a two-target config tables each target over seeds; `agiqa report` of that reproduction,
     one of its runs and two single-target runs shows every target, side by side with the single-target models."""
