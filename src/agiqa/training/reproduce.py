@@ -145,7 +145,7 @@ def results_table(model: str, experiment: str, results: dict, n_seeds: int) -> s
     if per_target:
         first = next(iter(per_target))
         header = list(next(iter(per_target.values())))
-        lines[2:2] = [f"Rows above: target `{first}` (the model's first); every target below.", ""]
+        lines[2:2] = [f"Target `{first}` (the model's first); every target's SRCC and PLCC follow the table.", ""]
         lines += ["", "| target | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         lines += [f"| {target} | " + " | ".join(row.values()) + " |" for target, row in per_target.items()]
     seen = [f"{SPLIT_TITLES[k]} {_mean_overlap(results[k])}" for k in kinds if results[k].get(
