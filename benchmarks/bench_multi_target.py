@@ -41,7 +41,7 @@ def per_target(run: Path, targets: list[str]) -> dict:
     return metrics.get("per_target") or {targets[0]: metrics["overall"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", default="moe_agiqa/synth_tiny")
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--mismatch-rate", type=float, default=0.0)
     parser.add_argument("--rater-noise", type=float, default=0.2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     data = out / "data"
     if not (data / "data.csv").is_file():
@@ -63,15 +63,18 @@ def main() -> None:
         results[name] = per_target(out / name, targets)
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     agiqa("report", *[str(out / name) for name in runs], "--out", str(out / "report"))
-    print(f"\n{args.config}, {args.n} images of {args.image_size} px, mismatch rate {args.mismatch_rate}, rater noise "
-          f"{args.rater_noise}, {' '.join(args.overrides) or 'config as packaged'}\n")
-    print("| run | target | test SRCC | test PLCC | train s |\n|---|---|---|---|---|")
+    lines = [f"{args.config}, {args.n} images of {args.image_size} px, mismatch rate {args.mismatch_rate}, rater "
+             f"noise {args.rater_noise}, {' '.join(args.overrides) or 'config as packaged'}", "",
+             "| run | target | test SRCC | test PLCC | train s |", "|---|---|---|---|---|"]
     for name, metrics in results.items():
-        for target, values in metrics.items():
-            print(f"| {name} | {target} | {values['srcc']:.4f} | {values['plcc']:.4f} | {seconds[name]:.0f} |")
+        lines += [f"| {name} | {target} | {values['srcc']:.4f} | {values['plcc']:.4f} | {seconds[name]:.0f} |"
+                  for target, values in metrics.items()]
     singles = sum(seconds[target] for target in TARGETS)
-    print(f"\nmulti-target time / single-target total: {seconds['multi'] / singles:.2f} "
-          f"({seconds['multi']:.0f} s vs {singles:.0f} s); report: {out / 'report' / 'report.html'}")
+    lines += ["", f"multi-target time / single-target total: {seconds['multi'] / singles:.2f} "
+              f"({seconds['multi']:.0f} s vs {singles:.0f} s); report: {out / 'report' / 'report.html'}"]
+    table = "\n".join(lines)
+    print(table)
+    return table
 
 
 if __name__ == "__main__":
