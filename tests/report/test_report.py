@@ -80,7 +80,7 @@ def test_fig6_bins_hold_every_image_once(report):
 def test_per_generator_table_is_compute_metrics_on_each_group(report):
     out, repro, _ = report
     (run,) = load_runs(repro / "official" / "seed20")
-    assert run.target == "quality"  # the dataset's default target, read from the run's config.yaml
+    assert run.target == "quality"  # the dataset's default target, as the run's metrics.json records it
     predictions = run.table
     written = pd.read_csv(out / "tables" / "run1-per-generator.csv", index_col=0)
     assert list(written.index) == sorted(g for g, group in predictions.groupby("generator") if len(group) >= 5)
@@ -123,3 +123,12 @@ def test_what_is_not_a_run_is_named(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "missing: no such run" in err and "empty: not a run agiqa can report on" in err
+
+
+def test_the_side_by_side_table_names_each_run_s_target(report):
+    out, _, _ = report
+    table = pd.read_csv(out / "tables" / "all-overall.csv", index_col=0)
+    # two training runs and the `agiqa evaluate` output: each metrics.json records the target its MOS measure
+    assert list(table["target"]) == ["quality"] * 3
+    # runs of the same folder name are told apart by their parent folder instead of one replacing the other
+    assert list(table.index) == ["official/seed20 · quality", "prompt_disjoint/seed20 · quality", "eval · quality"]

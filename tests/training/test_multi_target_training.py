@@ -97,7 +97,7 @@ def test_weighted_loss_is_the_weighted_sum_of_per_target_losses(synth_root, tmp_
 def test_train_evaluate_and_score_a_two_target_model(synth_root, tmp_path):
     metrics = train(multi_config(synth_root, tmp_path), progress=False)
     run = tmp_path / "run"
-    assert list(metrics["per_target"]) == TARGETS
+    assert list(metrics["per_target"]) == metrics["targets"] == TARGETS
     assert set(metrics["per_target"]["quality"]) == set(metrics["overall"])
     assert metrics["overall"] == metrics["per_target"]["quality"]
     predictions = pd.read_csv(run / "predictions.csv")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,9 +72,11 @@ class Report:
 
     # ----------------------------------------------------------------------------------------------------------
     def _comparison(self, runs: list[Run]) -> None:
-        overall = pd.DataFrame.from_dict({run.name: {"target": run.target or "—", **overall_metrics(run.table)}
-                                          for run in runs}, orient="index")
-        histograms = [(run.name, *tables.error_histogram(run.table["prediction"], run.table["mos"])) for run in runs]
+        names = distinct_names(runs)
+        overall = pd.DataFrame.from_dict({name: {"target": run.target or "—", **overall_metrics(run.table)}
+                                          for name, run in zip(names, runs)}, orient="index")
+        histograms = [(name, *tables.error_histogram(run.table["prediction"], run.table["mos"]))
+                      for name, run in zip(names, runs)]
         self._add("all", "comparison", "All runs side by side", self._table(overall, "all-overall"),
                   "<p>Error density of every run on one axis: more mass in the first bins = fewer large errors "
                   "(how the MA-AGIQA paper shows where its semantic experts help over MANIQA alone).</p>",
@@ -174,6 +177,16 @@ class Report:
         tiles = gallery.lowest_scores(run, self.worst)
         self._add(prefix, "lowest", f"The {len(tiles)} lowest-scored images", _tiles(tiles))
         self._gates(run, prefix, by="prompt")
+
+
+def distinct_names(runs: list[Run]) -> list[str]:
+    """Each run's name, widened by its parent folder where runs share a name (official/seed20 and
+    prompt_disjoint/seed20), then by the whole parent path where that is not enough."""
+    names = [run.name for run in runs]
+    for widen in (lambda run: f"{run.path.parent.name}/", lambda run: f"{run.path.parent}/"):
+        counts = Counter(names)
+        names = [widen(run) + run.name if counts[name] > 1 else name for run, name in zip(runs, names)]
+    return names
 
 
 def overall_metrics(table: pd.DataFrame) -> dict:

@@ -27,7 +27,7 @@ class Run:
     metrics: dict | None = None
     summary: dict | None = None
     model_dir: Path | None = None
-    target: str | None = None  # what `mos` / `prediction` measure, where the run says (one Run per target)
+    target: str | None = None  # what `mos` / `prediction` measure, where metrics.json says (one Run per target)
 
     @property
     def name(self) -> str:
@@ -74,26 +74,15 @@ def _evaluations(path: Path) -> list[Run]:
     model_dir = next((folder for folder in candidates if (folder / "config.json").is_file()), None)
     run = Run(path, "evaluation", table=table, metrics=metrics, model_dir=model_dir)
     if not targets:
-        return [dataclasses.replace(run, target=_single_target(path))]
+        return [dataclasses.replace(run, target=_recorded_target(metrics))]
     return [dataclasses.replace(run, target=target, table=table.assign(
         mos=table[f"mos_{target}"], prediction=table[f"prediction_{target}"])) for target in targets]
 
 
-def _single_target(path: Path) -> str | None:
-    """The target a single-target training run was trained on (its config.yaml: `data.target`, else the dataset's
-    default), or None where it does not say."""
-    if not (path / "config.yaml").is_file():
-        return None
-    from agiqa.data.datasets import GENERIC, get_dataset_info
-    from agiqa.training.config import TrainConfig, target_names
-
-    try:
-        data = TrainConfig.from_yaml(path / "config.yaml").data
-        if data.target:
-            return target_names(data.target)[0]
-        return (data.score_col or "mos") if data.dataset == GENERIC else get_dataset_info(data.dataset).default_target
-    except (AgiqaError, OSError, ValueError):
-        return None
+def _recorded_target(metrics: dict | None) -> str | None:
+    """The target a single-target run's metrics.json names (None where it names none: runs written before it did)."""
+    targets = (metrics or {}).get("targets") or [None]
+    return targets[0]
 
 
 def _scores(path: Path, table: pd.DataFrame) -> Run:
