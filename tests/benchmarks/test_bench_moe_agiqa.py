@@ -1,24 +1,17 @@
 """The MoE-AGIQA benchmark runs end to end on the tiny model and prints its three tables with positive numbers."""
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from _scripts import load_script
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    # it imports its sibling bench_maniqa, as `python benchmarks/...` allows
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_moe_agiqa", BENCHMARKS / "bench_moe_agiqa.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_moe_agiqa", monkeypatch)  # it imports its sibling bench_maniqa
 
 
 def tables(out: str) -> dict[str, list[list[str]]]:

@@ -2,20 +2,16 @@
 tables and reports them side by side."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from _scripts import load_script
 
 
 def test_multi_target_benchmark_trains_all_three_runs_on_one_split_and_tables_them(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_multi_target", BENCHMARKS / "bench_multi_target.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_multi_target")
     table = module.main(["--out", str(tmp_path), "--n", "60", "--set", "trainer.max_epochs=1",
                          "--set", "model.kwargs.test_crops=1"])
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "run |" not in line]

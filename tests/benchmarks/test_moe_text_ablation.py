@@ -1,18 +1,13 @@
 """The text-ablation benchmark trains both variants on its own synthetic data and reports one row per variant."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import yaml
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from _scripts import load_script
 
 
 def test_text_ablation_trains_both_variants_and_reports_them(tmp_path):
-    spec = importlib.util.spec_from_file_location("moe_text_ablation", BENCHMARKS / "moe_text_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("moe_text_ablation")
     table = module.main(["--out", str(tmp_path), "--n", "60", "--set", "trainer.max_epochs=1",
                          "--set", "model.kwargs.patch_size=8", "--set", "model.kwargs.test_crops=1"])
     rows = [line for line in table.splitlines() if line.startswith("| ") and "variant" not in line]

@@ -1,22 +1,11 @@
 """The MANIQA benchmark runs end to end on the tiny model and prints one row per precision and batch."""
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script(name: str, monkeypatch=None):
-    if monkeypatch is not None:  # scripts that import their siblings, as `python benchmarks/<script>.py` allows
-        monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _scripts import load_script
 
 
 def load_bench():
