@@ -98,7 +98,7 @@ def model_from_spec(spec: str, trust_remote_code: bool = False) -> VlmLevels:
     encoder = spec[len(prefix):]
     if not encoder:
         raise ConfigError(f"{spec!r}: name the VLM after {prefix!r} (a hub id, a local folder or one of "
-                         f"{', '.join(PRESETS)})")
+                          f"{', '.join(PRESETS)})")
     preset = PRESETS.get(encoder) if not os.path.isdir(encoder) else None
     return vlm_levels(**(preset or {"encoder": encoder}), question=SPEC_PREFIXES[prefix],
                       trust_remote_code=trust_remote_code)

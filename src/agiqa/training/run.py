@@ -291,9 +291,9 @@ def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir
                     device: str | None = None, precision: str = "auto") -> dict:
     """Score the datamodule's test part and write predictions, metrics, report and plot into `out_dir`."""
     rows, columns = predict_rows(model, datamodule.test_dataloader(), device, precision)
-    predictions = predictions_frame(datamodule.test_data.frame, rows, columns.pop("prediction"), columns)
-    metrics = write_evaluation(predictions, out_dir, title=title)
     frame = datamodule.test_data.frame
+    predictions = predictions_frame(frame, rows, columns.pop("prediction"), columns)
+    metrics = write_evaluation(predictions, out_dir, title=title)
     metrics["targets"] = list(frame.attrs.get("targets") or [frame.attrs.get("target")])  # what `mos` measures
     metrics["n_scored"] = int(len(rows))
     metrics["n_test"] = int(len(datamodule.test_data.split.test))
