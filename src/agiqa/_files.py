@@ -26,15 +26,16 @@ def _numpy_scalar_globals() -> list:
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *{type(np.dtype(c)) for c in "fdqlibe?"}]
 
 
-def torch_load_weights_only(path: str | os.PathLike):
+def torch_load_weights_only(path: str | os.PathLike, mmap: bool = False):
     """``torch.load(weights_only=True)`` on the CPU, also accepting numpy scalars (official checkpoints store their
     loss so). Every PyTorch pickle the package reads goes through here: a file whose pickle would import or call
-    anything else (code that could run) raises `UntrustedFileError` and nothing in it is executed."""
+    anything else (code that could run) raises `UntrustedFileError` and nothing in it is executed. `mmap` maps the
+    tensors' storage from the file instead of reading it (large sharded checkpoints)."""
     import torch
 
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise untrusted_file_error(path, err) from err
 
