@@ -26,20 +26,22 @@ SPEC_PREFIXES = {"vlm:": "quality", "vlm-alignment:": "alignment"}
 """Model strings that name a zero-shot VLM model: `vlm:<hub id, folder or preset>` asks about quality,
 `vlm-alignment:<...>` about how well the image matches its prompt."""
 PRESETS = {"q-align": {"encoder": "q-future/one-align"}}
-"""Named VLMs: `vlm:q-align` = Q-Align's released OneAlign weights, asked with Q-Align's own prompt template
-(mPLUG-Owl2: needs the `mplug_owl2` package and --trust-remote-code)."""
+"""Named VLMs: `vlm:q-align` = Q-Align's released OneAlign weights (an mPLUG-Owl2, run natively by
+`agiqa.semantic.owl2`), asked with Q-Align's own prompt template."""
 
 
 @dataclasses.dataclass
 class VlmLevelsConfig(ModelConfig):
     """encoder: the VLM (hub id or local folder); question: a name in `agiqa.semantic.levels.LEVEL_QUESTIONS`
     (`quality`, `alignment`); template: a prompt template instead of the VLM's chat template (`{question}` and the
-    image placeholder, see the encoder); trust_remote_code: allow the VLM's own code (mPLUG-Owl2-based models)."""
+    image placeholder, see the encoder); trust_remote_code: allow the VLM's own code; backend: for mPLUG-Owl2 VLMs,
+    "native" (ours) or "official" (the `mplug_owl2` package, with trust_remote_code)."""
 
     encoder: str = ""
     question: str = "quality"
     template: str | None = None
     trust_remote_code: bool = False
+    backend: str = "native"
     # The semantic feature the score is read from (prompt 0 of the encoder), as MA-AGIQA names its experts' inputs.
     semantic_experts: tuple[int, ...] = (0,)
 
@@ -67,6 +69,8 @@ class VlmLevels(nn.Module):
         """Keyword arguments of `agiqa.semantic.create_encoder` that make this model's features."""
         question, answer = self.question
         options = {"prompts": (question,), "answers": (answer,), "trust_remote_code": self.config.trust_remote_code}
+        if self.config.backend != "native":
+            options["backend"] = self.config.backend
         return {**options, "template": self.config.template} if self.config.template else options
 
     def build_encoder(self, device: str | torch.device | None = None, precision: str = "auto"):

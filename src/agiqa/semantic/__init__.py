@@ -5,8 +5,8 @@
     extract_features(paths, enc, "cache/agiqa3k-qwen2vl")            # resumable, sharded, content-hash keyed
     feats = load_features("cache/agiqa3k-qwen2vl", paths)            # (N, 2, D) float32, aligned with paths
 
-The paper's features (mPLUG-Owl2) come from `create_encoder("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True)`
-with the official `mplug_owl2` package, or from the official `.pt` files via `import_official_features`.
+The paper's features (mPLUG-Owl2) come from `create_encoder("MAGAer13/mplug-owl2-llama2-7b")` (our own implementation,
+`agiqa.semantic.owl2`; no extra package), or from the official `.pt` files via `import_official_features`.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ _EXPORTS = {
     "HFVLMEncoder": "agiqa.semantic.hf",
     "MPLUG_OWL2_ID": "agiqa.semantic.mplug_owl2",
     "MplugOwl2Encoder": "agiqa.semantic.mplug_owl2",
+    "OfficialMplugOwl2Encoder": "agiqa.semantic.mplug_owl2",
     "is_mplug_owl2": "agiqa.semantic.mplug_owl2",
     "OFFICIAL_ENCODER": "agiqa.semantic.official",
     "import_official_features": "agiqa.semantic.official",

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     ex.add_argument("--root", help="dataset root folder (with --dataset)")
     ex.add_argument("--encoder", required=True,
                     help="hub id or local folder of an image-text-to-text model (e.g. Qwen/Qwen2-VL-2B-Instruct), "
-                    "or MAGAer13/mplug-owl2-llama2-7b (needs the mplug_owl2 package and --trust-remote-code)")
+                    "or an mPLUG-Owl2 checkpoint (MAGAer13/mplug-owl2-llama2-7b: the paper's, run natively with the "
+                    "paper's template and pooling; q-future/one-align)")
     ex.add_argument("--out", required=True, metavar="CACHE", help="cache directory (created if missing)")
     ex.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                     help="question to ask (repeat for several); may contain {prompt} for the image's generation "
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
                     help="plain prompt template with {question} and {image} instead of the model's chat template")
     ex.add_argument("--square-pad", action="store_true", help="pad images to squares with the processor mean colour")
     ex.add_argument("--trust-remote-code", action="store_true", help="allow the encoder's own Python code to run")
+    ex.add_argument("--backend", choices=("native", "official"), default="native",
+                    help="mPLUG-Owl2 only: our implementation (default) or the release's mplug_owl2 package "
+                    "(its own environment, with --trust-remote-code); same numbers")
     ex.add_argument("--overwrite", action="store_true", help="delete features of a different setup in --out")
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
     ex.set_defaults(func=_cmd_extract)
@@ -149,6 +153,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             kw[opt] = getattr(args, opt)
     if args.square_pad:
         kw["square_pad"] = True
+    if args.backend != "native":
+        kw["backend"] = args.backend
     encoder = create_encoder(args.encoder, prompts=prompts, layer=args.layer, pooling=args.pooling, device=device,
                              precision=args.precision, trust_remote_code=args.trust_remote_code, **kw)
     logger.info("encoder %r; %d images -> %s", encoder, len(paths), args.out)

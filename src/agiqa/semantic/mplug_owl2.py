@@ -101,7 +101,8 @@ class MplugOwl2Encoder(SemanticEncoder):
     `{question}` and the `<|image|>` placeholder (default: Q-Align's `Q_ALIGN_TEMPLATE` for Q-Align's checkpoints,
     else MA-AGIQA's). With `answers` (one answer prefix per question) each vector ends with the level-word
     probabilities read from the same forward (`agiqa.semantic.levels`), as for `HFVLMEncoder`. `precision` "auto" is
-    `default_precision`. `backend` "native" (default) or "official" (module docstring).
+    `default_precision`; `square_pad` False skips the mean-colour padding; `backend` "native" (default) or
+    "official" (module docstring).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class MplugOwl2Encoder(SemanticEncoder):
         template: str | None = None,
         answers: Sequence[str] | None = None,
         backend: str = "native",
+        square_pad: bool = True,
     ):
         if backend not in BACKENDS:
             raise SemanticEncoderError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -137,6 +139,7 @@ class MplugOwl2Encoder(SemanticEncoder):
         self.precision = default_precision(self.device) if precision == "auto" else \
             resolve_precision(precision, self.device)
         self.backend = backend
+        self.square_pad = bool(square_pad)
         self._load(trust_remote_code)
         self.hidden_dim = int(self.model.config.hidden_size)
         self.feature_dim = self.hidden_dim + (len(LEVEL_WORDS) if self.answers else 0)
@@ -167,7 +170,7 @@ class MplugOwl2Encoder(SemanticEncoder):
             "pooling": self.pooling,
             "dtype": self.precision,
             "template": self.template,
-            "square_pad": True,
+            "square_pad": self.square_pad,
             "feature_dim": self.feature_dim,
             **({"answers": list(self.answers), "levels": list(LEVEL_WORDS)} if self.answers else {}),
         }
@@ -183,7 +186,7 @@ class MplugOwl2Encoder(SemanticEncoder):
             return torch.empty(0, len(self.prompts), self.feature_dim)
         if generation_prompts is not None and len(generation_prompts) != len(images):
             raise SemanticEncoderError(f"got {len(images)} images but {len(generation_prompts)} generation prompts")
-        pixels = self.image_processor(images).to(self.device, torch_dtype(self.precision))
+        pixels = self.image_processor(images, square_pad=self.square_pad).to(self.device, torch_dtype(self.precision))
         visual = self.model.encode_images(pixels)  # once per image, shared by every question
         p = len(self.prompts)
         # Image-major rows: row i * P + j is image i asking question j.
@@ -259,7 +262,8 @@ class OfficialMplugOwl2Encoder(MplugOwl2Encoder):
 
         mean = self.image_processor.image_mean
         pixels = torch.cat([
-            self.image_processor.preprocess(pad_to_square(im, mean), return_tensors="pt")["pixel_values"]
+            self.image_processor.preprocess(pad_to_square(im, mean) if self.square_pad else im,
+                                            return_tensors="pt")["pixel_values"]
             for im in images
         ]).to(self.device, torch_dtype(self.precision))
         per_prompt = []
