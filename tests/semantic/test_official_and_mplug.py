@@ -1,7 +1,9 @@
-"""Import of official MA-AGIQA `.pt` files; mPLUG-Owl2 backend: clear errors, and its contract with a stand-in package.
+"""Import of official MA-AGIQA `.pt` files; the optional official mPLUG-Owl2 backend: clear errors, and its contract
+with a stand-in package.
 
-The real mPLUG-Owl2 (7B, `mplug_owl2` package pinned to transformers 4.31) cannot run here; the stand-in package
-below checks what our code sends it (prompt text, square padding, dtype, pooling over all positions).
+The `mplug_owl2` package (pinned to transformers 4.31) cannot be installed beside agiqa; the stand-in package below
+checks what our code sends it (prompt text, square padding, dtype, pooling over all positions). The native backend,
+the default, is tested against the released code's numbers in test_mplug_owl2_native.py.
 """
 from __future__ import annotations
 
@@ -77,19 +79,18 @@ def test_mplug_ids_are_routed():
     assert not is_mplug_owl2("Qwen/Qwen2-VL-2B-Instruct")
 
 
-def test_mplug_requires_trust_remote_code():
+def test_official_backend_requires_trust_remote_code():
     with pytest.raises(SemanticEncoderError, match="--trust-remote-code"):
-        create_encoder("MAGAer13/mplug-owl2-llama2-7b", device="cpu")
+        create_encoder("MAGAer13/mplug-owl2-llama2-7b", device="cpu", backend="official")
 
 
 @pytest.mark.skipif("mplug_owl2" in sys.modules or __import__("importlib").util.find_spec("mplug_owl2") is not None,
                     reason="mplug_owl2 is installed")
-def test_mplug_missing_package_message():
+def test_official_backend_missing_package_message():
     with pytest.raises(SemanticEncoderError) as err:
-        create_encoder("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True, device="cpu")
+        create_encoder("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True, device="cpu", backend="official")
     message = str(err.value)
-    assert "pip install" in message and "mPLUG-Owl2" in message and "--trust-remote-code" in message
-    assert "import-official" in message
+    assert "pip install" in message and "mPLUG-Owl2" in message and "native backend" in message
 
 
 # --------------------------------------------------------------------------- stand-in mplug_owl2 package
@@ -169,7 +170,8 @@ def fake_mplug_owl2(monkeypatch):
 
 
 def test_mplug_contract_with_stand_in(fake_mplug_owl2):
-    enc = create_encoder("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True, device="cpu", precision="fp32")
+    enc = create_encoder("MAGAer13/mplug-owl2-llama2-7b", trust_remote_code=True, device="cpu", precision="fp32",
+                         backend="official")
     assert isinstance(enc, MplugOwl2Encoder) and enc.feature_dim == 8
     images = [Image.new("RGB", (40, 20), (200, 10, 10)), Image.new("RGB", (16, 16), (0, 0, 255))]
     feats = enc.encode(images)
@@ -187,7 +189,7 @@ def test_mplug_contract_with_stand_in(fake_mplug_owl2):
     assert hidden.shape[0] == ids.numel() - 1 + N_VISUAL
     torch.testing.assert_close(feats[0, 1], hidden.mean(0))
     image_only = create_encoder("mplug-owl2", trust_remote_code=True, device="cpu", precision="fp32",
-                                pooling="image").encode(images[:1])
+                                pooling="image", backend="official").encode(images[:1])
     pos = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
     torch.testing.assert_close(image_only[0, 1], hidden[pos:pos + N_VISUAL].mean(0))
     assert enc.fingerprint()["template"] == "USER: {question}\n<|image|> ASSISTANT:"
@@ -239,10 +241,9 @@ def test_q_align_preset_reads_level_logits_after_its_template(monkeypatch):
     torch.manual_seed(0)
     tokenizer, owl = _WordTokenizer(), _FakeOwlWithHead()
     _install_fake_package(monkeypatch, (tokenizer, owl, _FakeImageProcessor(), 2048))
-    with pytest.raises(SemanticEncoderError, match="--trust-remote-code"):
-        Scorer("vlm:q-align", device="cpu")
     model = model_from_spec("vlm:q-align", trust_remote_code=True)
     assert model.config.encoder == "q-future/one-align" and is_mplug_owl2(model.config.encoder)
+    model.config.backend = "official"
     scorer = Scorer(model, device="cpu", precision="fp32")
     images = [Image.new("RGB", (40, 20), (200, 10, 10)), Image.new("RGB", (16, 16), (0, 0, 255))]
     scores = scorer.score(images).scores
@@ -259,6 +260,6 @@ def test_q_align_preset_reads_level_logits_after_its_template(monkeypatch):
         probabilities = logits.exp() / logits.exp().sum()
         assert score == pytest.approx(sum(p * v for p, v in zip(probabilities.tolist(), (5, 4, 3, 2, 1))), abs=1e-5)
     # the answer prefix is left out of the pooled features: they equal the features of the question alone
-    plain = MplugOwl2Encoder("q-future/one-align", prompts=scorer.encoder.prompts, template=scorer.encoder.template,
-                             trust_remote_code=True, device="cpu", precision="fp32")
+    plain = create_encoder("q-future/one-align", prompts=scorer.encoder.prompts, template=scorer.encoder.template,
+                           trust_remote_code=True, device="cpu", precision="fp32", backend="official")
     torch.testing.assert_close(scorer.encoder.encode(images)[..., :-5], plain.encode(images))

@@ -52,6 +52,12 @@ INSTALL_HINT = (
 )
 
 
+def is_q_align(encoder_id: str) -> bool:
+    """Q-Align's released checkpoints, by hub id or by the folder name they download as (…/one-align)."""
+    lowered = str(encoder_id).lower().rstrip("/")
+    return lowered in Q_ALIGN_IDS or lowered.rsplit("/", 1)[-1] in {i.split("/")[1] for i in Q_ALIGN_IDS}
+
+
 def is_mplug_owl2(encoder_id: str) -> bool:
     """Hub ids / paths of mPLUG-Owl2 checkpoints (also folders whose config says model_type mplug_owl2)."""
     lowered = str(encoder_id).lower().replace("_", "-")
@@ -130,7 +136,7 @@ class MplugOwl2Encoder(SemanticEncoder):
         if answers is not None and len(answers) != len(self.prompts):
             raise SemanticEncoderError(f"got {len(self.prompts)} questions but {len(answers)} answer prefixes")
         self.answers = tuple(answers) if answers is not None else None
-        self.template = template or (Q_ALIGN_TEMPLATE if self.name.lower() in Q_ALIGN_IDS else MPLUG_OWL2_TEMPLATE)
+        self.template = template or (Q_ALIGN_TEMPLATE if is_q_align(self.name) else MPLUG_OWL2_TEMPLATE)
         if "<|image|>" not in self.template or "{question}" not in self.template:
             raise SemanticEncoderError(f"template {self.template!r} needs both {{question}} and <|image|>")
         self.layer = int(layer)
@@ -153,8 +159,9 @@ class MplugOwl2Encoder(SemanticEncoder):
         from agiqa.semantic import owl2
 
         folder = checkpoint_folder(self.name, self.revision)
-        self.image_processor = owl2.Owl2ImageProcessor.from_pretrained(folder)
+        owl2.Owl2Config.from_pretrained(folder)  # a folder of another model is told so first
         self.tokenizer = owl2.Owl2Tokenizer.from_pretrained(folder)
+        self.image_processor = owl2.Owl2ImageProcessor.from_pretrained(folder)
         self.model = owl2.load_model(folder, device=self.device, dtype=torch_dtype(self.precision))
         self._tokenize = owl2.tokenize_with_image
         self.image_token_index = owl2.IMAGE_TOKEN_INDEX
