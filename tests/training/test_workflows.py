@@ -73,6 +73,29 @@ def test_level_expert_trains_from_level_features_extracted_on_demand(tmp_path):
     assert predictions[gates].notna().all().all()
 
 
+def test_ma_agiqa_trains_and_scores_with_mplug_owl2_features_on_demand(tmp_path):
+    """The paper's encoder in agiqa's own environment: a tiny mPLUG-Owl2 folder in the released layout gives the
+    features on demand for training, and `Scorer(model, encoder=folder)` re-computes them to score the same numbers."""
+    sys.path.insert(0, str(SEMANTIC_TESTS))
+    from _owl2 import write_checkpoint
+
+    owl = write_checkpoint(tmp_path / "mplug-owl2-tiny")
+    data = tmp_path / "data"
+    generate_synthetic(data, n=40, seed=3, image_size=32)
+    config = tiny_config(data, tmp_path, model={"name": "test_ma_agiqa", "kwargs": {"semantic_experts": [0, 1]}},
+                         data={"features": {"cache": str(tmp_path / "features"), "encoder": str(owl),
+                                            "precision": "fp32"}})
+    metrics = train(config, progress=False)
+    assert metrics["n_scored"] == 8
+    fingerprint = FeatureCache(tmp_path / "features").fingerprint
+    assert fingerprint["backend"] == "mplug-owl2" and fingerprint["feature_dim"] == 64
+    assert fingerprint["template"] == "USER: {question}\n<|image|> ASSISTANT:"
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    scorer = Scorer(str(tmp_path / "run" / "model"), encoder=str(owl), device="cpu", precision="fp32")
+    paths = [str(data / name) for name in predictions["name"][:4]]
+    np.testing.assert_allclose(scorer.score(paths).scores, predictions["prediction"][:4], atol=1e-4)
+
+
 def test_reproduce_runs_each_seed_on_both_splits_and_tables_mean_and_std(reproduced):
     _, out, table = reproduced
     runs = json.loads((out / "runs.json").read_text())

@@ -234,6 +234,15 @@ class VisualAbstractor(nn.Module):
 
 
 # --------------------------------------------------------------------------- modality-adaptive LLaMA
+class Route:
+    """Which flattened (row, position) tokens are text and which visual, computed once per forward for all layers."""
+
+    def __init__(self, visual: torch.Tensor):
+        flat = visual.reshape(-1)
+        self.text = (~flat).nonzero().squeeze(1)
+        self.visual = flat.nonzero().squeeze(1)
+
+
 class Multiway(nn.Module):
     """Two copies of a module: `multiway.0` for text tokens, `multiway.1` for visual tokens."""
 
@@ -241,14 +250,17 @@ class Multiway(nn.Module):
         super().__init__()
         self.multiway = nn.ModuleList([make(), make()])
 
-    def forward(self, x: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D_in); visual (B, L) bool -> (B, L, D_out); each token goes through its modality's copy only."""
-        text = ~visual
-        first = self.multiway[0](x[text])
-        out = x.new_empty(*x.shape[:-1], first.shape[-1])
-        out[text] = first
-        out[visual] = self.multiway[1](x[visual])
-        return out
+    def forward(self, x: torch.Tensor, route: Route) -> torch.Tensor:
+        """x (B, L, D_in) -> (B, L, D_out); each token goes through its modality's copy only."""
+        flat = x.reshape(-1, x.shape[-1])
+        parts = [(index, way) for index, way in zip((route.text, route.visual), self.multiway) if index.numel()]
+        if len(parts) == 1:
+            return parts[0][1](x)
+        outputs = [way(flat.index_select(0, index)) for index, way in parts]
+        out = flat.new_empty(flat.shape[0], outputs[0].shape[-1])
+        for (index, _), output in zip(parts, outputs):
+            out.index_copy_(0, index, output)
+        return out.view(*x.shape[:-1], -1)
 
 
 def rotary_cos_sin(length: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,11 +287,11 @@ class Attention(nn.Module):
         self.v_proj = Multiway(lambda: nn.Linear(d, self.num_kv_heads * hd, bias=bias))
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=bias)
 
-    def forward(self, x: torch.Tensor, visual: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, route: Route, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x, visual).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x, visual).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, route).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, route).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.num_kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
@@ -308,9 +320,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = Multiway(norm)
         self.post_attention_layernorm = Multiway(norm)
 
-    def forward(self, x, visual, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x, visual), visual, cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x, visual))
+    def forward(self, x: torch.Tensor, route: Route, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x, route), route, cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x, route))
 
 
 class Owl2Model(nn.Module):
@@ -388,9 +400,9 @@ class MplugOwl2ForCausalLM(nn.Module):
         cos, sin = rotary_cos_sin(embeds.shape[1], self.config.head_dim, self.config.rope_theta, embeds.device,
                                   embeds.dtype)
         states = {0: embeds}
-        x = embeds
+        x, route = embeds, Route(visual)
         for i, block in enumerate(self.model.layers[:max(wanted)], start=1):
-            x = block(x, visual, cos, sin)
+            x = block(x, route, cos, sin)
             states[i] = x
         if n in wanted:
             states[n] = self.model.norm(x)
