@@ -104,8 +104,8 @@ class MplugOwl2Encoder(SemanticEncoder):
 
     Output `(B, n_prompts, hidden)` float32. `pooling` "image" averages the visual tokens, "text" the tokens between
     the template's opening and the image (the question); "all" (default) is the paper's. `template` holds
-    `{question}` and the `<|image|>` placeholder (default: Q-Align's `Q_ALIGN_TEMPLATE` for Q-Align's checkpoints,
-    else MA-AGIQA's). With `answers` (one answer prefix per question) each vector ends with the level-word
+    `{question}` and the `<|image|>` (or `{image}`) placeholder (default: Q-Align's `Q_ALIGN_TEMPLATE` for Q-Align's
+    checkpoints, else MA-AGIQA's). With `answers` (one answer prefix per question) each vector ends with the level-word
     probabilities read from the same forward (`agiqa.semantic.levels`), as for `HFVLMEncoder`. `precision` "auto" is
     `default_precision`; `square_pad` False skips the mean-colour padding; `backend` "native" (default) or
     "official" (module docstring).
@@ -136,7 +136,8 @@ class MplugOwl2Encoder(SemanticEncoder):
         if answers is not None and len(answers) != len(self.prompts):
             raise SemanticEncoderError(f"got {len(self.prompts)} questions but {len(answers)} answer prefixes")
         self.answers = tuple(answers) if answers is not None else None
-        self.template = template or (Q_ALIGN_TEMPLATE if is_q_align(self.name) else MPLUG_OWL2_TEMPLATE)
+        self.template = (template or (Q_ALIGN_TEMPLATE if is_q_align(self.name) else MPLUG_OWL2_TEMPLATE)).replace(
+            "{image}", "<|image|>")
         if "<|image|>" not in self.template or "{question}" not in self.template:
             raise SemanticEncoderError(f"template {self.template!r} needs both {{question}} and <|image|>")
         self.layer = int(layer)
