@@ -45,8 +45,16 @@ def tiny_tokenizer_dir(tmp_path_factory):
 
 
 def tiny(**overrides) -> MoeAgiqa:
+    """The tiny model with `weight1` / `weight2` made non-zero: as released they start at zero, so the degradation
+    branch (and with it every crop) would not reach the score and crop tests could not fail."""
     torch.manual_seed(0)
-    return create_model("test_moe_agiqa", **overrides).eval()
+    model = create_model("test_moe_agiqa", **overrides).eval()
+    regressor = model.regressor
+    if model.config.use_prior:
+        with torch.no_grad():
+            regressor.weight1.normal_(0, 0.5)
+            regressor.weight2.normal_(0, 0.5)
+    return model
 
 
 def tiny_inputs(batch=2, crops=3, seed=0):
@@ -78,6 +86,7 @@ def test_crops_are_averaged_and_prompt_features_shared():
     model = tiny()
     x = tiny_inputs()
     per_crop = torch.stack([model(**dict(x, crops=x["crops"][:, k])) for k in range(3)], dim=1)
+    assert (per_crop.max(dim=1).values - per_crop.min(dim=1).values).min() > 1e-3  # each crop has its own score
     torch.testing.assert_close(model(**x), per_crop.mean(dim=1), rtol=1e-5, atol=1e-6)
 
 
@@ -360,5 +369,23 @@ def test_explain_gives_the_forward_score_with_top_k_gates_and_expert_scores():
     assert ((gate > 0).sum(dim=1) == 3).all()  # one crop: exactly the top 3 experts carry weight
     torch.testing.assert_close((gate * experts).sum(dim=1), parts["score"])
     with torch.no_grad():  # several crops: gates and expert scores are averaged over crops as the score is
-        several = model.explain(**tiny_inputs(batch=3, crops=4))
-        torch.testing.assert_close(several["score"], model(**tiny_inputs(batch=3, crops=4)))
+        inputs = tiny_inputs(batch=3, crops=4)
+        several = model.explain(**inputs)
+        torch.testing.assert_close(several["score"], model(**inputs))
+        per_crop = [model.explain(**dict(inputs, crops=inputs["crops"][:, k])) for k in range(4)]
+    for name in ("gate", "expert_score"):
+        torch.testing.assert_close(several[name], torch.stack([part[name] for part in per_crop]).mean(dim=0))
+    assert not torch.allclose(per_crop[0]["gate"], per_crop[1]["gate"])  # the crops do route differently
+
+
+def test_forward_and_explain_multiply_by_label_scale():
+    """Training labels are MOS / max MOS (as released); the saved `label_scale` brings scores back to MOS units."""
+    base, scaled = tiny(), tiny(label_scale=4.5)
+    scaled.load_state_dict(base.state_dict())
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(**inputs), 4.5 * base(**inputs))
+        explained, plain = scaled.explain(**inputs), base.explain(**inputs)
+    torch.testing.assert_close(explained["score"], 4.5 * plain["score"])
+    torch.testing.assert_close(explained["expert_score"], 4.5 * plain["expert_score"])
+    torch.testing.assert_close(explained["gate"], plain["gate"])
