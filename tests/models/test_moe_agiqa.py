@@ -4,6 +4,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,9 +354,28 @@ def test_text_ablation_has_no_semantic_branch():
     assert model(torch.rand(2, 2, 3, 32, 32)).shape == (2,)
 
 
-@pytest.mark.parametrize("shapes", [reward_shapes, regressor_shapes, vit_shapes])
-def test_documented_layouts_are_internally_consistent(shapes):
-    assert all(all(d > 0 for d in shape) for shape in shapes(TINY).values())
+def _count(shapes: dict) -> int:
+    return sum(int(np.prod(shape)) for shape in shapes.values())
+
+
+def test_documented_layouts_match_the_released_counts_and_files():
+    """The official layouts written from REFERENCE.md, at full size, against independent numbers: ImageReward-v1.0
+    has 625 keys / 446,666,465 parameters (REFERENCE.md), timm's vit_base_patch16_224 152 keys / 86,567,656
+    parameters, and the released regressor's keys and shapes are those of the shared official fixture."""
+    reward = {**reward_shapes(FULL), "blip.text_encoder.embeddings.position_ids": (1, FULL.positions)}  # + buffer
+    assert (len(reward), _count(reward)) == (625, 446_666_465)
+    vit = vit_shapes(FULL)
+    assert (len(vit), _count(vit)) == (152, 86_567_656)
+    fixture = Path(__file__).resolve().parents[2] / "../shared/fixtures/moe_agiqa_regressor_official.safetensors"
+    if fixture.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(fixture), "pt") as handle:
+            released = {k[len("regressor."):]: tuple(handle.get_slice(k).get_shape())
+                        for k in handle.keys() if k.startswith("regressor.")}
+        assert {k: tuple(v) for k, v in regressor_shapes(FULL).items()} == released
+    v1_missing = set(regressor_shapes(FULL)) - set(regressor_shapes(FULL, prior=False))
+    assert v1_missing == {"proj_prior", "fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "weight1", "weight2"}
 
 
 def test_explain_gives_the_forward_score_with_top_k_gates_and_expert_scores():
