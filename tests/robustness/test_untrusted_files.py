@@ -52,14 +52,30 @@ def test_official_maniqa_and_ma_agiqa_checkpoints(tmp_path):
     _refused(lambda: create_model("test_ma_agiqa", pretrained=str(path)), marker)
 
 
-@pytest.mark.parametrize("argv", [
-    ["models", "convert", "{evil}", "{out}", "--model", "moe_agiqa", "--prior", "{evil}"],
-    ["models", "convert", "{evil}", "{out}", "--model", "maniqa"],
-])
-def test_cli_convert_refuses_in_one_line(argv, tmp_path, capsys):
+@pytest.mark.parametrize("evil_one", ["best", "prior", "vit"])
+def test_cli_convert_refuses_each_official_file_in_one_line(evil_one, tmp_path, capsys):
+    """`agiqa models convert best.pth OUT --prior prior.pth --degradation-vit vit.pth`: whichever of the three files
+    carries the payload is refused in one line (the other two are valid official files), and nothing ran."""
+    from tests.models._moe_official import TINY, official_files
+
     marker = tmp_path / "ran"
-    evil = evil_file(tmp_path / "best.pth", marker)
-    code = main([a.format(evil=evil, out=tmp_path / "out") for a in argv])
+    paths = {name: tmp_path / f"{name}.pth" for name in ("best", "prior", "vit")}
+    for name, obj in zip(paths, official_files(TINY, seed=3)):
+        torch.save(obj, paths[name])
+    evil_file(paths[evil_one], marker)
+    code = main(["models", "convert", str(paths["best"]), str(tmp_path / "out"), "--model", "test_moe_agiqa",
+                 "--prior", str(paths["prior"]), "--degradation-vit", str(paths["vit"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "refused to load" in lines[0] and f"{evil_one}.pth" in lines[0], err
+    assert not marker.exists()
+
+
+def test_cli_convert_maniqa_refuses_in_one_line(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = evil_file(tmp_path / "ckpt.pth", marker)
+    code = main(["models", "convert", str(evil), str(tmp_path / "out"), "--model", "maniqa"])
     err = capsys.readouterr().err
     assert code == 2 and "refused to load" in err and "Traceback" not in err
     assert not marker.exists()
