@@ -24,7 +24,7 @@ from PIL import Image
 from agiqa.data.datasets import load_dataset
 from agiqa.data.images import decode_image
 from agiqa.data.splits import Split
-from agiqa.errors import AgiqaError, ImageLoadError
+from agiqa.errors import AgiqaError, DatasetValidationError, ImageLoadError
 
 EXAMPLES = int(os.environ.get("AGIQA_FUZZ_EXAMPLES", "600"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -93,15 +93,16 @@ def label_files(draw) -> bytes:
     return data
 
 
-def _load_or_clear_error(data: bytes, file_name: str, load):
-    """`load(path)` of `data` written as `file_name` in a fresh folder; None when it fails with an `AgiqaError`,
-    which must name the file (any other exception fails the test)."""
+def _load_or_clear_error(data: bytes, file_name: str, load, error: type[AgiqaError] = AgiqaError):
+    """`load(path)` of `data` written as `file_name` in a fresh folder; None when it fails with an `error`, which
+    must name the file (any other exception fails the test)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / file_name
         path.write_bytes(data)
         try:
             return load(path)
         except AgiqaError as err:
+            assert isinstance(err, error), f"{type(err).__name__}: {err}"
             assert file_name in str(err)
             return None
 
@@ -110,11 +111,23 @@ def _load_or_clear_error(data: bytes, file_name: str, load):
 @given(label_files())
 def test_label_csvs_load_or_fail_with_a_clear_error(data):
     frame = _load_or_clear_error(data, "labels.csv", lambda path: load_dataset(
-        "csv", None, csv=str(path), prompt_col=None, check_files=False))
+        "csv", None, csv=str(path), prompt_col=None, check_files=False), error=DatasetValidationError)
     if frame is None:
         return
     assert frame["mos"].map(math.isfinite).all() and frame["name"].is_unique
     assert (frame["name"].str.strip() != "").all()
+
+
+def test_label_csv_problems_are_listed_row_by_row(tmp_path):
+    """The rows the fuzz test above may reject, each named with its row and line."""
+    path = tmp_path / "labels.csv"
+    path.write_text("image,mos\na.png,1\nb.png,nan\nc.png,2\nc.png,3\n,4\n")
+    with pytest.raises(DatasetValidationError) as err:
+        load_dataset("csv", None, csv=str(path), prompt_col=None, check_files=False)
+    message = str(err.value)
+    assert str(path) in message and "3 problem(s)" in message
+    for row in ("row 2 (line 3): 'mos' = 'nan'", "row 4 (line 5): duplicate 'image' 'c.png'", "row 5 (line 6): empty"):
+        assert row in message
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 40) | st.floats() | st.text(max_size=6),
@@ -159,23 +172,31 @@ def feature_cache(tmp_path_factory):
 
 
 @fuzz
-@given(file=st.sampled_from(["index.json", "hashes.json", "fingerprint.json"]), document=JSON_VALUES,
-       cut=st.booleans())
-def test_feature_cache_files_are_rebuilt_or_refused_clearly(feature_cache, file, document, cut):
+@given(file=st.sampled_from(["index.json", "path_hashes.json", "fingerprint.json"]), document=JSON_VALUES,
+       about_the_probe=st.booleans(), cut=st.booleans())
+def test_feature_cache_files_are_rebuilt_or_refused_clearly(feature_cache, file, document, about_the_probe, cut):
+    """Each file the cache reads (its shard index, the path -> sha256 memo, the fingerprint), replaced by any JSON
+    (the memo's entries sometimes keyed by the probed file itself) or cut short: the cache still serves the right
+    features and the right content hash, or refuses with an error naming the file."""
     import shutil
 
-    from agiqa.semantic.cache import FeatureCache
+    from agiqa.semantic.cache import HASHES_FILE, FeatureCache, sha256_file
 
+    assert file in ("index.json", HASHES_FILE, "fingerprint.json")
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "c"
         shutil.copytree(feature_cache, copy)
+        probe = copy / "index.json"
+        if about_the_probe:
+            document = {os.path.abspath(probe): document}
         data = json.dumps(document).encode()
         (copy / file).write_bytes(data[: len(data) // 2] if cut else data)
         try:
             cache = FeatureCache(copy)
             features = cache.get_many(["k1", "k2"])
-            cache.content_hash(copy / "index.json")
+            digest = cache.content_hash(probe)
         except AgiqaError as err:
             assert file in str(err)
             return
         assert features.shape == (2, 1, 4) and len(cache) == 2
+        assert digest == sha256_file(probe)
