@@ -6,9 +6,8 @@
 
 Exports resolve lazily so that `agiqa --help` does not import torch.
 """
-from __future__ import annotations
-
-from agiqa._lazy import lazy_getattr
+from agiqa._lazy import lazy_dir as _lazy_dir
+from agiqa._lazy import lazy_getattr as _lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -26,4 +25,5 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__ = _lazy_getattr(__name__, _EXPORTS)
+__dir__ = _lazy_dir(__name__, _EXPORTS)  # dir(agiqa) and tab completion show the exports before their first use

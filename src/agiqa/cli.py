@@ -9,21 +9,54 @@ import traceback
 
 from agiqa import __version__
 
-# Each module defines `register(subparsers)`; handlers import heavy libraries lazily so `--help` stays fast.
-COMMAND_MODULES = (
-    "agiqa.data.cli",
-    "agiqa.models.cli",
-    "agiqa.semantic.cli",
-    "agiqa.training.cli",
-    "agiqa.training.prior",
-    "agiqa.scoring.cli",
-    "agiqa.service.app",
-    "agiqa.report.cli",
-    "agiqa.demo",
-)
+# Each module defines `register(subparsers)` for the commands listed beside it here, in this order. Only the module of
+# the command being run is imported: several of them import torch at start-up (through their package), and
+# `agiqa --help`, `agiqa datasets list` or `agiqa configs list` must not wait for it. The other commands get a
+# placeholder with the same help line, so the command list, `--help` and argparse's errors read as before.
+# tests/test_cli_startup.py checks this table against what the modules register.
+COMMANDS = {
+    "agiqa.data.cli": {
+        "datasets": "list the benchmark datasets or validate one",
+        "split": "make a train/val/test split of a dataset's rows (labels only; images are not checked)",
+        "synth": "write a synthetic AGIQA dataset (AGIQA-3K layout) with a known quality function",
+    },
+    "agiqa.models.cli": {"models": "list, inspect and convert models"},
+    "agiqa.semantic.cli": {
+        "features": "semantic (multimodal LLM) features for MA-AGIQA: extract, import official files, inspect",
+    },
+    "agiqa.training.cli": {
+        "train": "train a model from a YAML experiment config, then test its best epoch",
+        "evaluate": "score a dataset split with a trained model and report metrics",
+        "reproduce": "train+test a paper experiment over several seeds, on the official and a prompt-disjoint split; "
+        "table next to the paper's numbers",
+        "configs": "list or print the experiment configs packaged with agiqa (for agiqa train -c NAME)",
+    },
+    "agiqa.training.prior": {
+        "pretrain-prior": "train MoE-AGIQA's quality prior (ViT-B/16 on KonIQ-10k) -> prior.pth",
+    },
+    "agiqa.scoring.cli": {
+        "score": "score images, folders, lists or WebDataset shards with a trained model (streaming, resumable)",
+    },
+    "agiqa.service.app": {
+        "serve": "serve a model over HTTP: a browser page at /, POST /score, /health, /info, /metrics",
+    },
+    "agiqa.report.cli": {
+        "report": "HTML report of runs: scatter + logistic fit, error density, per-generator/attribute tables, gate "
+        "weights, worst cases",
+    },
+    "agiqa.demo": {"demo": "end-to-end demo on built-in synthetic data (no downloads, a few minutes on CPU)"},
+}
+COMMAND_MODULES = tuple(COMMANDS)
+# Modules imported without their package's `__init__` (it imports torch to fill the model registry), so that
+# `agiqa models list` answers at once; see agiqa._lazy.import_without_package.
+WITHOUT_PACKAGE = {"agiqa.models.cli"}
+ALL = object()  # build_parser(ALL): every command module imported, no placeholders
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None | object = ALL) -> argparse.ArgumentParser:
+    """The `agiqa` parser. With `command` a command name, only the module registering it is imported and the other
+    commands are placeholders (same name and help line, no arguments); with None, all are placeholders (enough for
+    `--help`, `--version` and an unknown command); by default every module is imported."""
     parser = argparse.ArgumentParser(
         prog="agiqa",
         description="Quality assessment of AI-generated images: datasets, splits, metrics, MANIQA / MA-AGIQA / "
@@ -32,9 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agiqa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for module_name, helps in COMMANDS.items():
+        if command is ALL or command in helps:
+            _import_command_module(module_name).register(subparsers)
+        else:
+            for name, text in helps.items():
+                subparsers.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def _import_command_module(name: str):
+    if name in WITHOUT_PACKAGE:
+        from agiqa._lazy import import_without_package
+
+        return import_without_package(name)
+    return importlib.import_module(name)
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word of an `agiqa` command line (the first argument that is not an option: the top-level options
+    take no value), or None when there is none."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def quiet_lightning(verbose: bool) -> None:
@@ -53,15 +109,16 @@ def quiet_lightning(verbose: bool) -> None:
 OPTIONAL_MODULES = {"uvicorn": "serve", "fastapi": "serve", "multipart": "serve", "python_multipart": "serve",
                     "prometheus_client": "serve",
                     "ray": "ray"}
-# Mistakes a user fixes (a wrong path, a missing file): one line, exit code 2; anything else is a bug and shows
-# its traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Mistakes a user fixes (a wrong path, a missing file, a file where a folder goes): one line, exit code 2; anything
+# else is a bug and shows its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
     from agiqa.errors import AgiqaError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -85,14 +85,26 @@ def _load(args: argparse.Namespace, check_files: bool):
     return load_dataset(args.name, args.root, target=args.target, check_files=check_files, **opts)
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from agiqa.data.datasets import get_dataset_info, list_datasets
+def _registry_entries() -> dict[str, dict]:
+    """datasets.yaml, the registry `agiqa.data.datasets` reads, as plain dicts: `datasets list` needs no pandas
+    (importing agiqa.data.datasets costs about 0.4 s for it). tests/data/test_data_cli_list.py checks the table
+    against `get_dataset_info`."""
+    from importlib import resources
 
+    import yaml
+
+    return yaml.safe_load(resources.files("agiqa.data").joinpath("datasets.yaml").read_text(encoding="utf-8"))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    entries = _registry_entries()
     rows = [("name", "targets (default first)", "rows", "label file", "images under root")]
-    for name in list_datasets():
-        info = get_dataset_info(name)
-        targets = [info.default_target] + [t for t in info.targets if t != info.default_target]
-        rows.append((name, ", ".join(targets), str(info.rows), info.label_file, (info.image_dir or ".") + "/<name>"))
+    for name in sorted(entries):
+        info = entries[name]
+        default = info["default_target"]
+        targets = [default] + [t for t in info["targets"] if t != default]
+        rows.append((name, ", ".join(targets), str(info["rows"]), info["label_file"],
+                     (info.get("image_dir") or ".") + "/<name>"))
     rows.append(("csv", "--score-col", "-", "--csv PATH", "<--image-col>"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

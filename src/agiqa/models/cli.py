@@ -1,13 +1,27 @@
 """`agiqa models ...`: list registered models and weights, show their metadata, convert official checkpoints.
 
-    agiqa models list [FILTER] [--pretrained]
+    agiqa models list [FILTER] [--pretrained] [-q]
     agiqa models info NAME
     agiqa models convert SRC.pt OUT_DIR --model maniqa      # official checkpoint -> model.safetensors + config.json
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+
+# `agiqa models list` answers from these two tables instead of the registry: the registry fills as the model modules
+# are imported, and they import torch, timm and torchvision (seconds). Listed in the registry's order (list_models);
+# tests/models/test_models_cli_list.py keeps them equal to it, so a new architecture or weight tag goes here too.
+ARCHITECTURES = (
+    "ma_agiqa", "maniqa", "moe_agiqa", "moe_agiqa_prior", "moe_agiqa_v1",
+    "test_ma_agiqa", "test_maniqa", "test_moe_agiqa", "test_moe_agiqa_prior",
+    "vlm_levels",
+)
+PRETRAINED = ("ma_agiqa.agiqa3k", "maniqa.kadid10k", "maniqa.koniq10k", "maniqa.pipal22", "vlm_levels.zero_shot")
+# `test_*` architectures are the tiny configurations the tests and the demo build in milliseconds.
+TEST_PREFIX = "test_"
+TEST_NOTE = "tiny (32 px input) version for tests and the demo; not a paper model"
 
 
 def register(subparsers) -> None:
@@ -18,6 +32,8 @@ def register(subparsers) -> None:
     p_list = sub.add_parser("list", help="registered architectures (or weights with --pretrained)")
     p_list.add_argument("filter", nargs="?", default="", help="wildcard, e.g. 'maniqa*'")
     p_list.add_argument("--pretrained", action="store_true", help="list arch.tag names that have weights")
+    p_list.add_argument("-q", "--names-only", action="store_true",
+                        help="names only, one per line (no note on the tiny test_* architectures)")
     p_list.set_defaults(func=_cmd_list)
 
     p_info = sub.add_parser("info", help="metadata of a model or arch.tag: score range, lower_better, weight source")
@@ -38,10 +54,18 @@ def register(subparsers) -> None:
 
 
 def _cmd_list(args) -> int:
-    from agiqa.models import list_models
+    names = [name for name in (PRETRAINED if args.pretrained else ARCHITECTURES)
+             if not args.filter or fnmatch.fnmatch(name, args.filter)]
+    if not names:
+        from agiqa.errors import AgiqaError
 
-    for name in list_models(args.filter, pretrained=args.pretrained):
-        print(name)
+        listing = "agiqa models list" + (" --pretrained" if args.pretrained else "")
+        raise AgiqaError(f"no model name matches {args.filter!r} (a wildcard, e.g. 'maniqa*'); `{listing}` shows "
+                         "them all")
+    width = max(len(name) for name in names)
+    for name in names:
+        note = TEST_NOTE if name.startswith(TEST_PREFIX) and not args.names_only else ""
+        print(f"{name:<{width}}  {note}".rstrip())
     return 0
 
 
