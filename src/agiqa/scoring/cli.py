@@ -10,6 +10,7 @@ from pathlib import Path
 from agiqa.data.images import DEFAULT_MAX_PIXELS
 from agiqa.errors import AgiqaError
 from agiqa.scoring.shards import FORMATS, ShardStore
+from agiqa.scoring.sources import IMAGE_SUFFIXES
 
 
 def register(subparsers) -> None:
@@ -39,10 +40,11 @@ def register(subparsers) -> None:
                         "cached images are not encoded again; without --encoder, images not in it become error rows")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
+    parser.add_argument("--workers", type=int,
                         help="data-loader processes decoding and preprocessing images (0: in the main process; "
-                        "default: min(4, CPUs - 1))")
-    parser.add_argument("--device", default="auto")
+                        "default: from the CPUs this process may use, see docs/scoring.md: 0 on 1-2 CPUs, where "
+                        "workers only take CPU time from the model)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile: slow first batches, faster after (mostly on GPUs); "
@@ -51,8 +53,9 @@ def register(subparsers) -> None:
                         help="torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse (report) images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--out", help="a folder (shards + manifest, for large runs) or a file ending in .csv, "
-                        ".parquet or .jsonl (one table with rank/best columns); default: CSV on stdout")
+    parser.add_argument("--out", help="a file ending in .csv, .parquet or .jsonl (one table with rank/best columns), "
+                        "or a folder (a name without a suffix, or ending in /: shards + manifest, for large runs); "
+                        "other suffixes are refused; default: CSV on stdout")
     parser.add_argument("--format", default="parquet", choices=FORMATS, help="shard format of a folder --out")
     parser.add_argument("--block-size", type=int, default=1024,
                         help="inputs per block = per shard, the unit of resuming and of sharing work (default 1024)")
@@ -79,62 +82,115 @@ def register(subparsers) -> None:
 def _score(args) -> int:
     import tempfile
 
+    from agiqa.scoring.resolve import check_device, check_inputs, check_positive, resolve_model
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         raise AgiqaError("under torchrun every rank writes its own shards: pass --out with a folder (or a .csv/"
                          ".parquet/.jsonl file) that all ranks share")
-    if args.out and Path(args.out).suffix.lower() in TABLE_SUFFIXES:
+    # Everything the user typed is checked before the model loads and before any output exists, so a mistake
+    # leaves nothing behind that could refuse the corrected command.
+    kind = output_kind(args.out)
+    check_positive(batch_size=args.batch_size, block_size=args.block_size, top_k=args.top_k, actors=args.actors)
+    if args.workers is not None and args.workers < 0:
+        raise AgiqaError(f"--workers must be 0 (decode in the main process) or more, got {args.workers}")
+    if args.explain and args.engine != "local":
+        raise AgiqaError("--explain draws heat maps on the local engine (one process or torchrun), not with --engine "
+                         "ray")
+    check_device(args.device)
+    source = resolve_model(args.model, check_names=False)  # names: checked by the Scorer, before any output exists
+    if source.note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {source.note}", file=sys.stderr)
+    args.model = source.model
+    if args.weights and Path(args.model).is_dir():
+        raise AgiqaError(f"--weights is for a registered model name; {args.model} is a model folder with its own "
+                         "weights (model.safetensors)")
+    check_inputs(args.paths)
+    if kind == "table":
         return _run(args, ShardStore(f"{args.out}.parts", "parquet"), table=Path(args.out))
-    if args.out:
+    if kind == "folder":
         return _run(args, ShardStore(args.out, args.format))
     with tempfile.TemporaryDirectory(prefix="agiqa-score-") as folder:
         return _run(args, ShardStore(Path(folder) / "parts", "parquet"), table=None)
 
 
+def output_kind(out: str | None) -> str:
+    """"stdout" (no --out), "table" (a .csv/.parquet/.jsonl file) or "folder" (shards); any other suffix is refused,
+    since a file name like scores.txt that silently became a folder of Parquet shards is not what anyone meant."""
+    if not out:
+        return "stdout"
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if out.endswith(("/", os.sep)) or path.is_dir() or not suffix:
+        return "folder"
+    if suffix in TABLE_SUFFIXES:
+        return "table"
+    hint = " (.jsonl: one JSON object per line)" if suffix == ".json" else ""
+    raise AgiqaError(f"--out {out}: unknown output type {suffix!r}; write a .csv, .parquet or .jsonl file{hint}, or "
+                     "a folder of shards (a name without a suffix, or ending in /)")
+
+
 def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
-    """Score into `store`; then write `table` (a file, None = stdout) from it, or leave the shard folder."""
+    """Score into `store`; then write `table` (a file, None = stdout) from it, or leave the shard folder.
+
+    Order: list the inputs and check the output (nothing written), load the model, then start the output; a run that
+    fails before its first shard removes the output it started (`ShardStore.discard_if_unscored`)."""
     from agiqa.scoring import distributed
     from agiqa.scoring.job import ScoreJob
-    from agiqa.scoring.stream import item_source
+    from agiqa.scoring.stream import default_workers, item_source
 
     prompts = _read_prompts(args.prompts) if args.prompts else None
     items = item_source(args.paths, prompts, args.prompt)
     job = ScoreJob(items, store, _setup(args), args.block_size, args.log_every)
     rank, world, device = distributed.init_from_env(args.device)
+    created = False
     try:
         if rank == 0:
-            job.prepare()
+            job.plan_inputs()
+            if not job.plan:
+                raise AgiqaError("no images found in " + " ".join(args.paths) + " (folders are searched "
+                                 f"recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            store.check(job.setup)
+        scorer = _scorer(args, device) if args.engine == "local" or table is not False or args.top_k else None
+        if scorer is not None:
+            _check_columns(args, scorer, table)
+        if rank == 0:
+            created = job.open_store()
+            if job.done:
+                print(f"resuming: {job.done:,} of {job.total:,} images already scored in {store.folder}",
+                      file=sys.stderr)
         distributed.barrier()
         if rank != 0:
             job.load_plan()
-        if not job.plan:
-            raise AgiqaError("no inputs found in " + " ".join(args.paths))
-        if rank == 0 and len(job.todo) < len(job.plan):
-            print(f"resuming {store.folder}: {len(job.plan) - len(job.todo)} of {len(job.plan)} blocks already "
-                  "scored", file=sys.stderr)
-        scorer = _scorer(args, device) if args.engine == "local" or table is not False or args.top_k else None
         if args.explain:
-            _check_explain(args, scorer)
+            os.makedirs(args.explain, exist_ok=True)
         if args.engine == "ray":
             from agiqa.scoring.ray_engine import run_on_ray
 
             run_on_ray(job, args.model, _scorer_kwargs(args), args.actors, args.gpus_per_actor, args.cpus_per_actor,
                        args.ray_address or os.environ.get("RAY_ADDRESS"))
         else:
-            job.run(scorer, args.workers, rank, world, heatmaps=args.explain)
+            workers = args.workers if args.workers is not None else default_workers(scorer.device)
+            job.run(scorer, workers, rank, world, heatmaps=args.explain)
         distributed.barrier()
         if rank != 0:
             return 0
         totals = job.finish()
-        code = _report(args, job, totals, table, scorer.lower_better if scorer else False)
+        code = _report(args, job, totals, table, scorer)
         # torchrun reads a rank's non-zero exit as a crash (and may restart the job); failed inputs are rows.
         return 0 if world > 1 else code
+    except BaseException:
+        if created and world == 1:
+            store.discard_if_unscored()
+        raise
     finally:
         distributed.shutdown()
 
 
-def _report(args, job, totals: dict, table: Path | None | bool, lower_better: bool) -> int:
-    """Final table or top-k file, summary line, failures on stderr; exit code 1 when any input failed."""
+def _report(args, job, totals: dict, table: Path | None | bool, scorer) -> int:
+    """Final table or top-k file, summary line and what the scores mean, failures on stderr; exit code 1 when any
+    input failed."""
     store = job.store
+    lower_better = scorer.lower_better if scorer is not None else False
     if table is False:  # a shard folder stays; best-of-N is computed from its shards
         if args.top_k:
             from agiqa.scoring.shards import top_k
@@ -143,6 +199,8 @@ def _report(args, job, totals: dict, table: Path | None | bool, lower_better: bo
             write_table(top_k(store, args.group_by, args.top_k, lower_better), target)
         print(f"{store.folder}: {totals['images']} rows in {totals['blocks']} shard(s), {totals['scored']} scored, "
               f"{totals['failed']} failed")
+        if scorer is not None:
+            print(scorer.scale)
     else:
         frame = rank_within(store.read(), args.group_by, lower_better)
         best = frame[frame["rank"] <= args.top_k].sort_values([args.group_by, "rank"]) if args.top_k else None
@@ -154,6 +212,7 @@ def _report(args, job, totals: dict, table: Path | None | bool, lower_better: bo
                 write_table(best, table.with_name(f"{table.stem}.top{args.top_k}{table.suffix}"))
             shutil.rmtree(store.folder)
             print(f"wrote {len(frame)} rows to {table}: {totals['scored']} scored, {totals['failed']} failed")
+        print(scorer.scale, file=sys.stderr if table is None else sys.stdout)
     if totals["failed"]:
         _list_failures(store if table is False else frame, totals)
         return 1
@@ -174,15 +233,14 @@ def _list_failures(source, totals: dict, limit: int = 20) -> None:
             shown += 1
 
 
-def _check_explain(args, scorer) -> None:
-    """--explain needs the local engine and a model with per-patch scores; makes its folder."""
-    if args.engine != "local":
-        raise AgiqaError("--explain draws heat maps on the local engine (one process or torchrun), not with --engine "
-                         "ray")
-    if not scorer.has_patch_map:
+def _check_columns(args, scorer, table: Path | None | bool) -> None:
+    """Before anything is scored: --explain needs per-patch scores; --group-by must name an output column."""
+    if args.explain and not scorer.has_patch_map:
         raise AgiqaError(f"--explain: {args.model} has no per-patch scores to draw (heat maps come from MANIQA's "
                          "patches: maniqa, ma_agiqa); its gate weights and expert scores are columns already")
-    os.makedirs(args.explain, exist_ok=True)
+    columns = ["image", "prompt", *scorer.column_names, "error"] + (["heatmap"] if args.explain else [])
+    if (table is not False or args.top_k) and args.group_by not in columns:
+        raise AgiqaError(f"--group-by {args.group_by!r}: no such column (columns: {', '.join(columns)})")
 
 
 def _scorer_kwargs(args) -> dict:

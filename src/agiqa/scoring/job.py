@@ -32,17 +32,33 @@ class ScoreJob:
         self.store.start(self.setup)
         self.load_plan()
 
+    def plan_inputs(self) -> None:
+        """List the inputs once into blocks; writes nothing (so a run can be checked before its output exists)."""
+        self.plan = plan_blocks(self.items(), self.block_size)
+
+    def open_store(self) -> bool:
+        """After `plan_inputs`: start or check the output folder and find the blocks still to score. True when the
+        output is new (see `ShardStore.discard_if_unscored` for a run that then fails before scoring anything)."""
+        created = self.store.start(self.setup)
+        self.todo = self.store.todo(self.plan)
+        return created
+
     def load_plan(self) -> None:
         """`prepare` for a process that did not start the folder (another rank): plan and todo only."""
-        self.plan = plan_blocks(self.items(), self.block_size)
+        self.plan_inputs()
         self.todo = self.store.todo(self.plan)
 
     @property
     def total(self) -> int:
         return sum(block.size for block in self.plan)
 
+    @property
+    def done(self) -> int:
+        """Inputs of blocks that already have their shard (scored by an earlier run of the same command)."""
+        return sum(block.size for block in self.plan if block.index not in self.todo)
+
     def progress(self, label: str = "", share: float = 1.0) -> Progress:
-        done = sum(block.size for block in self.plan if block.index not in self.todo)
+        done = self.done
         return Progress(round((self.total - done) * share) + done, done, self.log_every, label=label)
 
     def run(self, scorer, num_workers: int = 0, rank: int = 0, world: int = 1,

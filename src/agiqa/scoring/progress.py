@@ -14,6 +14,7 @@ class Progress:
     def __init__(self, total: int, done: int = 0, every: float = 30.0, bar: bool | None = None, label: str = ""):
         self.total, self.done, self.every, self.label = total, done, every, label
         self.scored = self.failed = 0
+        self.logged: int | None = None  # images seen at the last log line (the final one is not repeated)
         self.start = self.last_log = time.monotonic()
         use_bar = sys.stderr.isatty() if bar is None else bar
         self.bar = None
@@ -29,8 +30,12 @@ class Progress:
             self.bar.update(scored + failed)
             self.bar.set_postfix(errors=self.failed, refresh=False)
         elif time.monotonic() - self.last_log >= self.every:
-            self.last_log = time.monotonic()
-            _logger.info(self.line())
+            self._log()
+
+    def _log(self) -> None:
+        self.last_log = time.monotonic()
+        self.logged = self.done + self.scored + self.failed
+        _logger.info(self.line())
 
     def line(self) -> str:
         """`scored 1200/5000 images (24.0 img/s, ETA 2m38s), 3 errors`."""
@@ -43,9 +48,11 @@ class Progress:
                 f"{self.failed} errors")
 
     def close(self) -> None:
+        """The final state, once: the bar's last line on a terminal, else a log line unless the last one said it."""
         if self.bar is not None:
             self.bar.close()
-        _logger.info(self.line())
+        elif self.logged != self.done + self.scored + self.failed:
+            self._log()
 
 
 def _duration(seconds: float) -> str:

@@ -24,6 +24,9 @@ class ScoreResult:
     scores: np.ndarray  # (n,), or (n, T) for a multi-target model (columns in `Scorer.targets` order)
     names: list[str] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
+    # (n,) share (0..100) of the model's training images each score (the first target's) is better than; None when
+    # the model records no training labels (`agiqa.scoring.distribution`)
+    percentiles: np.ndarray | None = None
 
     @property
     def failures(self) -> list[tuple[str, str]]:
@@ -51,8 +54,16 @@ class Scorer:
                  features: str | os.PathLike | None = None):
         from agiqa.models._factory import expert_names, model_targets, needs_semantic
         from agiqa.runtime import resolve_device
+        from agiqa.scoring.distribution import load_distribution
         from agiqa.scoring.inference import prepare_model
 
+        if isinstance(model, (str, os.PathLike)):
+            from agiqa.scoring.resolve import resolve_model
+
+            source = resolve_model(model)  # a mistyped path or name is one clear error, before anything loads
+            if source.note:
+                _logger.info(source.note)
+            model = source.model
         built = _build(model, pretrained, trust_remote_code)
         self.model = prepare_model(built, device, compile=compile, compile_mode=compile_mode)
         self.targets = model_targets(built)
@@ -75,6 +86,16 @@ class Scorer:
         cfg = getattr(self.model, "pretrained_cfg", None)
         self.score_range = tuple(cfg.score_range) if cfg else None
         self.lower_better = bool(cfg.lower_better) if cfg else False
+        # A zero-shot VLM's scores are levels 1..5 of its question; a trained model may record its training labels.
+        self.level_question = getattr(built.config, "question", None) if hasattr(built, "build_encoder") else None
+        self.distribution = None if self.level_question else load_distribution(model, cfg)
+        # The registered range describes a model folder only when the folder says so (its training labels).
+        self._range_known = not (isinstance(model, (str, os.PathLike)) and Path(model).is_dir())
+        if self.distribution is not None:
+            if self.distribution.lower_better is not None:
+                self.lower_better = self.distribution.lower_better
+            if self.distribution.mos_range is not None:
+                self.score_range, self._range_known = self.distribution.mos_range, True
         if self.needs_semantic and self.encoder is None and self.features is None:
             raise AgiqaError("this model fuses semantic features: pass encoder=<VLM id or directory> (CLI: --encoder) "
                              "and/or features=<feature cache> (CLI: --features)")
@@ -104,10 +125,33 @@ class Scorer:
         return [key not in self.features for key in keys]
 
     @property
+    def has_percentile(self) -> bool:
+        """True when the model records its training labels' quantiles, so every score gets a `percentile`."""
+        return self.distribution is not None and self.distribution.has_percentile
+
+    def percentiles(self, scores) -> np.ndarray | None:
+        """The share (0..100) of the training images each score is better than; None without training quantiles.
+        A multi-target model's (n, T) scores are placed by their first column (`score`)."""
+        if not self.has_percentile:
+            return None
+        scores = np.asarray(scores, dtype=float)
+        return self.distribution.percentile(scores[:, 0] if scores.ndim == 2 else scores, self.lower_better)
+
+    @property
+    def scale(self) -> str:
+        """One line saying what the scores mean (zero-shot level scale; training range and percentile; direction)."""
+        from agiqa.scoring.distribution import scale_text
+
+        return scale_text(self.score_range if self._range_known else None, self.lower_better, self.distribution,
+                          self.level_question)
+
+    @property
     def column_names(self) -> list[str]:
-        """The columns `predict_columns` gives besides `patch_map`: `score` (and `score_<target>` for several
-        targets), then `gate_<expert>` and the expert score column(s) of each expert."""
-        names = ["score"] + ([f"score_{target}" for target in self.targets] if len(self.targets) > 1 else [])
+        """The columns `predict_columns` gives besides `patch_map`: `score`, `percentile` (where the model records
+        its training labels), `score_<target>` for several targets, then `gate_<expert>` and the expert score
+        column(s) of each expert."""
+        names = ["score"] + (["percentile"] if self.has_percentile else [])
+        names += [f"score_{target}" for target in self.targets] if len(self.targets) > 1 else []
         suffixes = [f"_{target}" for target in self.targets] if len(self.targets) > 1 else [""]
         for expert in self.expert_names:
             names += [f"gate_{expert}"] + [f"expert_{expert}{suffix}" for suffix in suffixes]
@@ -126,10 +170,11 @@ class Scorer:
         """
         parts = list(self.iter_scores(images, prompts, names))
         if not parts:
-            return ScoreResult(np.empty(0), [], [])
+            return ScoreResult(np.empty(0), [], [], np.empty(0) if self.has_percentile else None)
         return ScoreResult(np.concatenate([part.scores for part in parts]),
                            [name for part in parts for name in part.names],
-                           [error for part in parts for error in part.errors])
+                           [error for part in parts for error in part.errors],
+                           np.concatenate([part.percentiles for part in parts]) if self.has_percentile else None)
 
     def iter_scores(self, images: list, prompts: list[str] | None = None,
                     names: list[str] | None = None) -> Iterator[ScoreResult]:
@@ -156,7 +201,7 @@ class Scorer:
                 offsets, pil_images = zip(*loaded)
                 batch_prompts = [prompts[start + o] for o in offsets] if prompts is not None else None
                 scores[list(offsets)] = self._score_batch(list(pil_images), batch_prompts, keys)
-            yield ScoreResult(scores, names[start:stop], errors)
+            yield ScoreResult(scores, names[start:stop], errors, self.percentiles(scores))
 
     def _cached_or_computable(self, loaded: list, sources: list, prompts, start: int, errors: list):
         """Feature-cache keys of the decoded images (paths and bytes are hashed; other inputs have no key), and
@@ -196,18 +241,23 @@ class Scorer:
                         patch_maps: bool = False) -> dict[str, np.ndarray]:
         """`predict`'s scores as column `score` (for a multi-target model: the first target's, and `score_<target>`
         for each), plus `gate_<expert>` and `expert_<expert>` (the expert's own score) for every expert of a
-        mixture-of-experts model (`expert_names`), from the same forward pass; with `patch_maps`, also
-        `patch_map` (B, H, W) where the model has one (MANIQA's per-patch score x weight). See `column_names`."""
+        mixture-of-experts model (`expert_names`), from the same forward pass; `percentile` where the model records
+        its training labels; with `patch_maps`, also `patch_map` (B, H, W) where the model has one (MANIQA's
+        per-patch score x weight). See `column_names`."""
         from agiqa.models._factory import explanation_columns, score_columns
 
         if not self.expert_names and not (patch_maps and self.has_patch_map):
-            return score_columns(self.predict(inputs, pil_images, prompts, feature_keys), self.targets)
-        from agiqa.scoring.inference import inference_context
+            columns = score_columns(self.predict(inputs, pil_images, prompts, feature_keys), self.targets)
+        else:
+            from agiqa.scoring.inference import inference_context
 
-        batch = self._device_batch(inputs, pil_images, prompts, feature_keys)
-        with inference_context(self.precision, self.device):
-            columns = explanation_columns(self.model, batch, self.expert_names, patch_maps)
-            return {name: value.float().cpu().numpy() for name, value in columns.items()}
+            batch = self._device_batch(inputs, pil_images, prompts, feature_keys)
+            with inference_context(self.precision, self.device):
+                columns = explanation_columns(self.model, batch, self.expert_names, patch_maps)
+                columns = {name: value.float().cpu().numpy() for name, value in columns.items()}
+        if self.has_percentile:
+            columns["percentile"] = self.percentiles(columns["score"])
+        return columns
 
     @property
     def has_patch_map(self) -> bool:

@@ -40,13 +40,14 @@ class ShardStore:
         if fmt not in FORMATS:
             raise AgiqaError(f"unknown output format {fmt!r}; choose one of {FORMATS}")
         self.folder, self.format = Path(folder), fmt
+        self._made_folder = False  # set by `start` when it creates the folder
 
     @property
     def manifest_path(self) -> Path:
         return self.folder / "_manifest.json"
 
-    def start(self, setup: dict) -> None:
-        """Create the folder or check that it holds a run of the same `setup`; drop temporaries of killed runs."""
+    def check(self, setup: dict) -> None:
+        """Refuse a folder that holds another setup's run, or that is no scoring output; writes nothing."""
         if self.manifest_path.is_file():
             try:
                 saved = json.loads(self.manifest_path.read_text())
@@ -54,16 +55,44 @@ class ShardStore:
                 raise AgiqaError(f"{self.manifest_path} is damaged ({err}); delete the folder to start again") from err
             if saved != setup:
                 changed = sorted(k for k in set(saved) | set(setup) if saved.get(k) != setup.get(k))
-                raise AgiqaError(f"{self.folder} holds scores of another setup (differs in {changed}); use another "
-                                 "output, or delete it to start again")
-        else:
-            other = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
+                empty = "" if self.finished() else " (no block of it is finished)"
+                raise AgiqaError(f"{self.folder} holds scores of another setup{empty} (differs in {changed}); use "
+                                 "another output, or delete it to start again")
+        elif self.folder.is_dir():
+            other = [p.name for p in self.folder.iterdir()]
             if other:
                 raise AgiqaError(f"{self.folder} is not empty and is not a scoring output ({other[:3]}...)")
+        elif self.folder.exists():
+            raise AgiqaError(f"{self.folder} is a file, not a folder for shards; use another output")
+
+    def start(self, setup: dict) -> bool:
+        """Create the folder or check that it holds a run of the same `setup`; drop temporaries of killed runs.
+        True when this call wrote the manifest (a new output)."""
+        self.check(setup)
+        created = not self.manifest_path.is_file()
+        if created:
+            self._made_folder = not self.folder.is_dir()
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.manifest_path, json.dumps(setup, indent=1).encode())
         for stale in self.folder.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
+        return created
+
+    def discard_if_unscored(self) -> bool:
+        """Remove the manifest (and the folder, if `start` made it) while no shard holds scores, so that a run which
+        failed before scoring anything leaves nothing behind that could refuse the corrected command. True when
+        removed."""
+        if not self.manifest_path.is_file() or self.finished():
+            return False
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        if self._made_folder:
+            try:
+                self.folder.rmdir()
+            except OSError:  # something else appeared in it: leave it
+                pass
+        return True
 
     def finished(self) -> dict[int, str]:
         """Block number -> digest prefix of every shard on disk (any format)."""

@@ -142,6 +142,27 @@ class BlockDataset(IterableDataset):
             yield from self.reader.batches(index, self.todo[index], block)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or `taskset`'s share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(device, cpus: int | None = None) -> int:
+    """Decode workers when `--workers` is not given. On a CPU the model and the decoders share the cores: with 1-2
+    CPUs a worker only adds hand-over costs (measured on 2 cores: 0 workers was never slower than 1 or 2, docs/
+    scoring.md), so 0; with more, half of them (at most 4) decode beside the model. On a GPU the main process
+    mostly waits for the device, so min(4, CPUs - 1)."""
+    import torch
+
+    cpus = available_cpus() if cpus is None else cpus
+    if torch.device(device).type == "cuda":
+        return max(0, min(4, cpus - 1))
+    return 0 if cpus <= 2 else min(4, cpus // 2)
+
+
 def loader(dataset: BlockDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches come ready-made from the dataset; workers prefetch a few each while the model runs."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,

@@ -7,18 +7,21 @@ threads, so the event loop only moves bytes. No `from __future__ import annotati
 endpoint annotations at runtime.
 """
 
+import argparse
 import asyncio
 import contextlib
 import math
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from agiqa.data.images import decode_image
-from agiqa.errors import ImageLoadError, ImageTooLargeError
+from agiqa.errors import AgiqaError, ImageLoadError, ImageTooLargeError
 from agiqa.scoring.heatmap import heatmap_image, png_base64
 from agiqa.scoring.scorer import Scorer
 from agiqa.service.batcher import MicroBatcher, QueueFull
@@ -78,6 +81,7 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         return {"model": model_name, "image_size": scorer.image_size, "score_range": scorer.score_range,
                 "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt,
                 "targets": scorer.targets, "experts": scorer.expert_names, "heatmap": scorer.has_patch_map,
+                "scale": scorer.scale, "percentile": percentile_info(scorer), "levels": level_info(scorer),
                 "limits": limits.as_dict()}
 
     @app.get("/metrics")
@@ -160,6 +164,11 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         rows = [{"filename": name, "score": None if math.isnan(value) else float(value), "rank": rank,
                  "error": None if error is None else f"{name}: {error}"}
                 for name, value, rank, error in zip(names, scores, ranks, errors)]
+        if scorer.has_percentile:
+            percentiles = np.full(len(names), np.nan)
+            percentiles[decoded["good"]] = columns["percentile"]
+            for row, value in zip(rows, percentiles):
+                row["percentile"] = None if math.isnan(value) else float(value)
         if len(scorer.targets) > 1:
             for position, index in enumerate(decoded["good"]):
                 rows[index]["scores"] = target_scores(columns, position)
@@ -189,6 +198,25 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
     return app
 
 
+def percentile_info(scorer: Scorer) -> dict | None:
+    """What `percentile` compares with (None when the model records no training-label quantiles)."""
+    if not scorer.has_percentile:
+        return None
+    found = scorer.distribution
+    return {"dataset": found.dataset, "n_images": found.n_images, "compared_with": found.describe(),
+            "mos_range": list(found.mos_range) if found.mos_range else None}
+
+
+def level_info(scorer: Scorer) -> dict | None:
+    """A zero-shot VLM's level scale (its scores are expected levels, 1 bad .. 5 excellent); None for other models."""
+    if scorer.level_question is None:
+        return None
+    from agiqa.semantic.levels import LEVEL_VALUES, LEVEL_WORDS
+
+    return {"question": scorer.level_question, "range": [min(LEVEL_VALUES), max(LEVEL_VALUES)],
+            "words": dict(zip(LEVEL_WORDS, LEVEL_VALUES))}
+
+
 def rank_of(scores: np.ndarray, lower_better: bool = False) -> list[int | None]:
     """1 for the best scored image of a request, 2 for the next...; None where it failed."""
     order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])),
@@ -205,23 +233,35 @@ def fitted(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`(default: ...)` after every option that has a default worth showing (not None / off switches)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers) -> None:
     defaults = ServiceLimits()
     parser = subparsers.add_parser(
         "serve", help="serve a model over HTTP: a browser page at /, POST /score, /health, /info, /metrics",
+        formatter_class=DefaultsHelpFormatter,
         description="Load a model once and serve it. Open http://HOST:PORT/ in a browser to drop images and see "
         "scores, ranks, gate weights and heat maps; programs POST multipart `images` (+ one `prompts` field per "
         "image, + `explain=true`) to /score. Concurrent requests share model batches (--batch-size images, "
         "--max-wait-ms); when --max-queue images wait, new requests get 503 with Retry-After. Limits answer 413 "
         "(upload, images, pixels), 415 (not an image) or 422 (prompts). Needs the [serve] extra.")
-    parser.add_argument("model", help="model directory, registered name or vlm:<VLM> (as for `agiqa score`)")
+    parser.add_argument("model", help="model directory (a training run's model/, or the run folder itself), "
+                        "registered name or vlm:<VLM> (as for `agiqa score`)")
     parser.add_argument("--weights", help="weights for a registered model name")
     parser.add_argument("--encoder", help="VLM for MA-AGIQA's semantic features")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the VLM's own code (mPLUG-Owl2)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32")
     parser.add_argument("--batch-size", type=int, default=defaults.max_batch,
                         help="most images per model batch, collected across concurrent requests")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
@@ -240,11 +280,58 @@ def register(subparsers) -> None:
 def _serve(args) -> int:
     import uvicorn
 
-    limits = ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_images=args.max_images,
-                           max_pixels=args.max_pixels, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
-                           max_queue=args.max_queue, timeout_s=args.timeout)
-    scorer = Scorer(args.model, pretrained=args.weights or True, device=args.device, encoder=args.encoder,
+    from agiqa.scoring.resolve import check_device, check_positive, resolve_model
+
+    # Every mistake is reported before the model loads (which can take minutes) and before the port is taken.
+    limits = _limits(args)
+    check_device(args.device)
+    source = resolve_model(args.model)
+    if source.note:
+        print(f"note: {source.note}", file=sys.stderr)
+    if args.weights and Path(source.model).is_dir():
+        raise AgiqaError(f"--weights is for a registered model name; {source.model} is a model folder with its own "
+                         "weights (model.safetensors)")
+    check_positive(batch_size=args.batch_size)
+    check_port_free(args.host, args.port)
+    scorer = Scorer(source.model, pretrained=args.weights or True, device=args.device, encoder=args.encoder,
                     trust_remote_code=args.trust_remote_code, precision=args.precision, batch_size=args.batch_size,
                     max_pixels=args.max_pixels)
+    print(f"{args.model}: {scorer.scale}", file=sys.stderr)
     uvicorn.run(create_app(scorer, str(args.model), limits), host=args.host, port=args.port)
     return 0
+
+
+def _limits(args) -> ServiceLimits:
+    """The flags as `ServiceLimits`; a value it refuses is named by its flag."""
+    flags = {"max_upload_bytes": "--max-upload-mb", "max_images": "--max-images", "max_pixels": "--max-pixels",
+             "max_batch": "--batch-size", "max_wait_ms": "--max-wait-ms", "max_queue": "--max-queue",
+             "timeout_s": "--timeout"}
+    if not 1 <= args.port <= 65535:
+        raise AgiqaError(f"--port must be 1..65535, got {args.port}")
+    try:
+        return ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_images=args.max_images,
+                             max_pixels=args.max_pixels, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
+                             max_queue=args.max_queue, timeout_s=args.timeout)
+    except ValueError as err:
+        message = str(err)
+        for name, flag in flags.items():
+            message = message.replace(name, flag)
+        raise AgiqaError(message) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (an earlier `agiqa serve`?) before the model is loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise AgiqaError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise AgiqaError(f"cannot listen on {host}:{port}: {err.strerror} (another `agiqa serve` there? pass "
+                             "--port with a free port)") from None
