@@ -78,11 +78,16 @@ def _usage_errors():
 
 
 def _load(args: argparse.Namespace, check_files: bool):
-    from agiqa.data.datasets import load_dataset
+    from agiqa.data.datasets import check_label_file, load_dataset
+    from agiqa.errors import AgiqaError
 
     option_names = ("image_dir", "csv", "image_col", "score_col", "prompt_col", "generator_col")
     opts = {key: getattr(args, key) for key in option_names if getattr(args, key) is not None}
-    return load_dataset(args.name, args.root, target=args.target, check_files=check_files, **opts)
+    frame = load_dataset(args.name, args.root, target=args.target, check_files=check_files, **opts)
+    if frame.empty:  # a header and no rows: nothing to check or split (`check` would print nan statistics and OK)
+        label_file = check_label_file(args.name, args.root, target=args.target, **opts)
+        raise AgiqaError(f"{label_file}: no rows under the header")
+    return frame
 
 
 def _registry_entries() -> dict[str, dict]:
