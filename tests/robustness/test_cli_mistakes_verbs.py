@@ -42,6 +42,7 @@ MISTAKES = {
     "model name typo": (["models", "info", "maniqaa"], "Did you mean: maniqa"),
     "weights tag typo": (["models", "info", "maniqa.koniq"], "maniqa.koniq10k"),
     "list filter matching nothing": (["models", "list", "manqa*"], "no model name matches 'manqa*'"),
+    "convert a folder": (["models", "convert", "{t}/empty", "{t}/o"], "empty is a folder; give the official"),
     "convert an image": (["models", "convert", "{t}/x.png", "{t}/o", "--model", "test_maniqa"], "x.png"),
     "prior for a model without one": (["models", "convert", "{t}/x.png", "{t}/o", "--model", "test_maniqa",
                                        "--prior", "{t}/prior.pth"], "--prior and --degradation-vit are for"),

@@ -109,6 +109,8 @@ def _cmd_convert(args) -> int:
     from agiqa.models import create_model
 
     src = Path(args.src)
+    if src.is_dir():
+        raise AgiqaError(f"{src} is a folder; give the official checkpoint file (.pt/.pth) inside it")
     if not src.is_file():
         raise AgiqaError(f"checkpoint not found: {src}")
     try:
