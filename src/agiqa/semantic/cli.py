@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     ex = sub.add_parser("extract", help="compute features into a cache (resumable; re-runs skip cached images)")
     src = ex.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="registered dataset name (see `agiqa data list`), with --root")
+    src.add_argument("--dataset", help="registered dataset name (see `agiqa datasets list`), with --root")
     src.add_argument("--images", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     ex.add_argument("--root", help="dataset root folder (with --dataset)")
     ex.add_argument("--encoder", required=True,
