@@ -242,3 +242,113 @@ def test_released_layout_has_no_level_expert():
     assert only_levels.expert_names == ["levels"]
     x, semantic = tiny_inputs()
     assert only_levels.eval()(None, level_features(semantic)).shape == (3,)
+
+
+# --- Mutation-testing additions (docs/mutation.md): the AFM alone against the released formula computed in float64
+# numpy from its own weights (REFERENCE.md: experts [q1, q2, key], gating Linear on their concatenation, raw gates as
+# released, sigmoid as the paper says, or softmax; mixed = sum g_i expert_i; output_fc).
+
+
+def _np(t: torch.Tensor):
+    return t.detach().double().numpy()
+
+
+def hand_afm(afm: AdaptiveFusion, visual, semantic, activation: str):
+    import numpy as np
+
+    sd = {k: _np(v) for k, v in afm.state_dict().items()}
+    experts = []
+    for name, index in zip(afm.semantic_expert_names, afm.config.semantic_experts):
+        experts.append(np.maximum(_np(semantic[:, index]) @ sd[f"{name}.0.weight"].T + sd[f"{name}.0.bias"], 0))
+    if afm.config.use_maniqa:
+        experts.append(_np(visual) @ sd["fc16_16.weight"].T + sd["fc16_16.bias"])
+    stacked = np.stack(experts, axis=1)  # (B, E, 16)
+    logits = np.concatenate(experts, axis=1) @ sd["gating.weight"].T + sd["gating.bias"]
+    gates = {"none": logits, "sigmoid": 1 / (1 + np.exp(-logits)),
+             "softmax": np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)}[activation]
+    mixed = (gates[:, :, None] * stacked).sum(axis=1)
+    return mixed @ sd["output_fc.weight"].T + sd["output_fc.bias"], gates
+
+
+def afm_inputs(batch=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 16, generator=generator), torch.randn(batch, 2, 32, generator=generator)
+
+
+@pytest.mark.parametrize("activation", ["none", "sigmoid", "softmax"])
+@pytest.mark.parametrize("experts", [dict(), dict(use_maniqa=False), dict(semantic_experts=(1,))])
+def test_adaptive_fusion_equals_the_formula_in_float64(activation, experts):
+    import numpy as np
+
+    torch.manual_seed(0)
+    config = MaAgiqaConfig(**{**_tiny_afm_kwargs(), "use_maniqa": True, **experts}, gate_activation=activation)
+    afm = AdaptiveFusion(config).eval()
+    visual, semantic = afm_inputs()
+    expected, gates = hand_afm(afm, visual if config.use_maniqa else None, semantic, activation)
+    with torch.no_grad():
+        score = afm(visual if config.use_maniqa else None, semantic)
+        explained = afm.explain_fusion(visual if config.use_maniqa else None, semantic)
+    assert score.shape == (4,)
+    np.testing.assert_allclose(_np(score), expected[:, 0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(_np(explained["gate"]), gates, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(_np(explained["score"]), expected[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_several_targets_widen_the_output_layer():
+    import numpy as np
+
+    torch.manual_seed(0)
+    afm = AdaptiveFusion(MaAgiqaConfig(**dict(_tiny_afm_kwargs(), use_maniqa=True), targets=("quality", "align")))
+    visual, semantic = afm_inputs()
+    expected, _ = hand_afm(afm.eval(), visual, semantic, "none")
+    with torch.no_grad():
+        score = afm(visual, semantic)
+    assert score.shape == (4, 2)
+    np.testing.assert_allclose(_np(score), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lmm_experts_are_linear_relu_dropout_as_released():
+    afm = AdaptiveFusion(MaAgiqaConfig(**dict(_tiny_afm_kwargs(), use_maniqa=True), level_prompts=(0,)))
+    for name in ("fc32_16_a2", "fc32_16_b2", "fc_levels"):
+        layers = list(getattr(afm, name))
+        assert [type(m) for m in layers] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Dropout], name
+        assert layers[2].p == 0.1
+    assert isinstance(afm.fc16_16, torch.nn.Linear)
+
+
+def test_semantic_feature_errors_say_what_is_expected():
+    afm = AdaptiveFusion(MaAgiqaConfig(**_tiny_afm_kwargs()))
+    _, semantic = afm_inputs()
+    with pytest.raises(ValueError) as err:
+        afm(None)
+    assert str(err.value) == ("this MA-AGIQA variant needs semantic features: pass `semantic` of shape (B, P, D)")
+    with pytest.raises(ValueError) as err:
+        afm(None, semantic[..., :8])
+    assert str(err.value) == "semantic features must be (B, P, 32), got (4, 2, 8)"
+    with pytest.raises(ValueError) as err:
+        afm(None, semantic[:, :1])
+    assert str(err.value) == "semantic features hold 1 prompts; expert indices need 2"
+
+
+@pytest.mark.parametrize("experts", [dict(use_maniqa=False), dict(use_maniqa=True, semantic_experts=())])
+def test_autocast_is_switched_off_on_the_inputs_device(monkeypatch, experts):
+    """`full_precision` must get a tensor of the inputs (its device names the autocast to switch off): given None it
+    switches off CPU autocast only, and on a GPU the AFM would then run in bf16/fp16."""
+    import agiqa.models.ma_agiqa as ma
+
+    seen = []
+    real = ma.full_precision
+
+    def spy(x):
+        seen.append(None if x is None else x.device)
+        return real(x)
+
+    monkeypatch.setattr(ma, "full_precision", spy)
+    afm = AdaptiveFusion(MaAgiqaConfig(**{**_tiny_afm_kwargs(), **experts})).eval()
+    visual, semantic = afm_inputs()
+    visual = visual if afm.config.use_maniqa else None
+    semantic = semantic if afm.config.semantic_experts else None
+    with torch.no_grad():
+        afm(visual, semantic)
+        afm.explain_fusion(visual, semantic)
+    assert len(seen) == 3 and seen == [torch.device("cpu")] * 3
