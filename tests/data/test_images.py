@@ -257,11 +257,9 @@ def test_32_bit_integer_and_float_grey_are_clipped():
     assert np.asarray(rgb)[0].tolist() == [[0, 0, 0], [0, 0, 0], [128, 128, 128], [255, 255, 255]]
 
 
-# Real bugs found while killing mutants (docs/mutation.md, "Bugs found"); the fix is given there. Remove the xfail
-# markers together with the fix.
+# Real bugs found while killing mutants (docs/mutation.md, "Bugs found"), fixed.
 
 
-@pytest.mark.xfail(reason="to_rgb returns RGB images before looking for a transparency key (docs/mutation.md)")
 def test_rgb_png_with_a_transparency_key_is_composited_on_white():
     arr = np.zeros((2, 2, 3), dtype=np.uint8)
     arr[0, 0] = (255, 0, 0)
@@ -271,6 +269,5 @@ def test_rgb_png_with_a_transparency_key_is_composited_on_white():
                                                                  [[255, 255, 255], [255, 255, 255]]]
 
 
-@pytest.mark.xfail(reason="dtype == np.uint16 is False for big-endian '>u2' arrays (docs/mutation.md)")
 def test_big_endian_uint16_arrays_are_scaled_like_native_ones():
     assert np.asarray(decode_image(np.array([[0, 32896, 65535]], dtype=">u2")))[0, :, 0].tolist() == [0, 128, 255]

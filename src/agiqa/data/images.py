@@ -92,7 +92,7 @@ def array_to_image(array: np.ndarray, name: str = "<array>") -> Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageLoadError(name, f"array of shape {array.shape}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
-    if array.dtype == np.uint16:
+    if np.issubdtype(array.dtype, np.uint16):  # any byte order (">u2" from big-endian PNGs)
         array = np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
@@ -107,7 +107,7 @@ def array_to_image(array: np.ndarray, name: str = "<array>") -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB copy of `img`: alpha composited on white, 16-bit grey scaled to 8 bit, other modes via Pillow."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:  # a transparency key still needs compositing
         return img
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         # Pillow's own I -> RGB conversion clips at 255 instead of scaling 16-bit values.
