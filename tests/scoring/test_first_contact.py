@@ -109,7 +109,8 @@ def test_a_resumed_run_says_that_it_resumed_and_how_much_was_done(run, tmp_path,
     last.unlink()
     (out / "_SUCCESS.json").unlink()
     assert main(argv) == 0
-    assert f"resuming: 4 of 5 images already scored in {out}" in capsys.readouterr().err
+    assert f"resuming: 4 of 5 images already scored in {out} (2 of 3 blocks already scored, 1 to go)" in \
+        capsys.readouterr().err
     assert len(pd.read_parquet(out)) == 5
 
 

@@ -156,8 +156,9 @@ def _run(args, store: ShardStore, table: Path | None | bool = False) -> int:
         if rank == 0:
             created = job.open_store()
             if job.done:
-                print(f"resuming: {job.done:,} of {job.total:,} images already scored in {store.folder}",
-                      file=sys.stderr)
+                finished = len(job.plan) - len(job.todo)
+                print(f"resuming: {job.done:,} of {job.total:,} images already scored in {store.folder} ({finished} "
+                      f"of {len(job.plan)} blocks already scored, {len(job.todo)} to go)", file=sys.stderr)
         distributed.barrier()
         if rank != 0:
             job.load_plan()
