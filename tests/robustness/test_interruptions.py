@@ -78,8 +78,17 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(experiment):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= TOLERANCE
 
 
-def _wait_for_shards(folder: Path, process: subprocess.Popen, n: int) -> None:
+def _wait_for_shards(folder: Path, process: subprocess.Popen, n: int, timeout_s: float = 300) -> None:
+    """Until `folder` holds `n` finished shards of the running `agiqa score`; fails (and kills it) after `timeout_s`
+    instead of hanging when no shard comes."""
+    deadline = time.monotonic() + timeout_s
     while len(list(folder.glob("part-*"))) < n and process.poll() is None:
+        if time.monotonic() > deadline:
+            found = len(list(folder.glob("part-*")))
+            process.kill()
+            process.wait()
+            pytest.fail(f"`agiqa score` wrote {found} of the {n} shards awaited in {folder} within {timeout_s:g} s "
+                        "(stuck, or far slower than expected); killed it")
         time.sleep(0.02)
     assert process.poll() is None, "scoring ended before it could be interrupted"
 
