@@ -25,3 +25,12 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until(predicate, timeout_s: float, what: str, every_s: float = 0.02) -> None:
+    """Polls `predicate()` until it is true; fails naming `what` after `timeout_s` (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(every_s)

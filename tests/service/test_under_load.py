@@ -21,7 +21,7 @@ from agiqa.service.app import create_app  # noqa: E402
 from agiqa.service.batcher import MicroBatcher, QueueFull  # noqa: E402
 from agiqa.service.limits import ServiceLimits  # noqa: E402
 
-from ._server import serving  # noqa: E402
+from ._server import serving, wait_until  # noqa: E402
 
 
 def png(seed: int) -> bytes:
@@ -61,8 +61,10 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_scores(scorer):
 
         with ThreadPoolExecutor(24) as pool:
             futures = [pool.submit(post, i) for i in range(24)]
-            gate.entered.wait(30)
-            time.sleep(0.5)  # the other requests queue up behind the held first batch
+            assert gate.entered.wait(30)
+            # the other requests queue up behind the held first batch: the service says so in /health
+            wait_until(lambda: httpx.get(f"{url}/health").json()["queued_images"] == 24, 30,
+                       "all 24 images queued behind the held batch")
             gate.open.set()
             answers = [future.result() for future in futures]
     scores = [answer["results"][0]["score"] for answer in answers]
@@ -96,7 +98,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_slow_answer_504(scorer)
             full = http.post("/score", files=two[:1])
             slow = held.result()  # held past timeout_s
             gate.open.set()
-            time.sleep(0.2)
+            wait_until(lambda: http.get("/health").json()["queued_images"] == 0, 30, "the queue drained")
             after = http.post("/score", files=two[:1])
     assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1 and "max_queue 2" in full.json()["detail"]
     assert slow.status_code == 504 and "timeout_s" in slow.json()["detail"]
@@ -114,7 +116,8 @@ def test_timed_out_requests_are_not_scored():
     batcher = MicroBatcher(Fake(), max_batch=4, max_wait_ms=50, max_queue=4)
     cancelled = batcher.submit({"x": torch.tensor([1, 2])}, [None, None])
     assert cancelled.cancel()  # what a 504 does before the batch is taken
-    time.sleep(0.3)  # the batcher takes a batch of cancelled images only, and must go on
+    # the batcher takes a batch of cancelled images only (and releases them), and must go on
+    wait_until(lambda: batcher.waiting == 0, 10, "the batcher dropped the cancelled images")
     kept = batcher.submit({"x": torch.tensor([3])}, [None])
     assert kept.result(10)["score"].tolist() == [3.0] and calls == [[3]]
     assert batcher.waiting == 0
@@ -123,18 +126,37 @@ def test_timed_out_requests_are_not_scored():
     batcher.close()
 
 
+def grey_png(level: int, seed: int) -> bytes:
+    """A noisy image of one grey level: images of different levels score clearly apart."""
+    noise = np.random.default_rng(seed).normal(0, 8, (36, 44, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(level + noise, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_concurrent_prompt_model_requests_each_get_their_own_scores():
     torch.manual_seed(0)
     model = create_model("test_moe_agiqa").eval()
+    # The tiny random model's scores all lie within ~0.02 of each other; its score heads (the linear layers with
+    # one output) are scaled up so that different images and prompts score clearly apart.
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear) and layer.out_features == 1:
+                layer.weight.mul_(1000)
     scorer = Scorer(model, device="cpu", precision="fp32", batch_size=4)
     prompts = [f"{count} red circles, flat style" for count in ("one", "two", "three", "four")] * 3
-    direct = scorer.score([png(i) for i in range(12)], prompts).scores
+    images = [grey_png(10 + 20 * i, i) for i in range(12)]
+    direct = scorer.score(images, prompts).scores
+    tolerance = 1e-4  # batching the same inputs differently changes a score by ~4e-6 (float32 rounding)
+    gaps = np.diff(np.sort(direct))
+    assert gaps.min() > 100 * tolerance, f"the inputs do not score apart clearly enough: {np.sort(direct)}"
     with serving(create_app(scorer, "moe", ServiceLimits(max_batch=4, max_wait_ms=20))) as url:
         def post(i):
             with httpx.Client(base_url=url, timeout=60) as http:
-                files = [("images", (f"{i}.png", png(i), "image/png"))]
+                files = [("images", (f"{i}.png", images[i], "image/png"))]
                 return http.post("/score", files=files, data={"prompts": [prompts[i]]}).json()
 
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(post, range(12)))
-    assert [a["results"][0]["score"] for a in answers] == pytest.approx(direct.tolist(), abs=1e-5)
+    # each answer is its own input's score, not a neighbour's (the nearest other score is > 100x tolerance away)
+    assert [a["results"][0]["score"] for a in answers] == pytest.approx(direct.tolist(), abs=tolerance)
