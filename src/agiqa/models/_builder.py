@@ -1,6 +1,7 @@
 """Resolve and load weights: in-memory state dict, then a local file, then the Hugging Face Hub, then a URL."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from torch import nn
 
 from agiqa._files import sha256_file, torch_load_weights_only
 from agiqa.errors import AgiqaError
-from agiqa.models._config import without_weight_sources
+from agiqa.models._config import check_config_fields, without_weight_sources
 from agiqa.models._pretrained import PretrainedCfg
 
 _logger = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ def build_model_with_cfg(
         return model_cls.from_pretrained(str(pretrained), cache_dir=cache_dir, **kwargs)
     model_kwargs = dict(pretrained_cfg.model_kwargs) if pretrained_cfg else {}
     model_kwargs.update(kwargs)
+    # A misspelt config key is named with its close matches before anything is found, downloaded or built.
+    if dataclasses.is_dataclass(config_cls):
+        check_config_fields(config_cls, model_kwargs)
     if pretrained:
         # A checkpoint follows, so no part of the model fetches its own weights (ImageNet backbones, priors ...).
         model_kwargs = without_weight_sources(model_kwargs)

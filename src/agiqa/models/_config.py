@@ -2,11 +2,45 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
+
+from agiqa.errors import AgiqaError
 
 # Config fields that fetch or read weights while a model is built (ImageNet backbones, prior / semantic networks).
 # They are switched off whenever complete weights follow (a checkpoint, a `save_pretrained` folder).
 WEIGHT_SOURCE_FIELDS = ("backbone_pretrained", "prior_checkpoint", "semantic_checkpoint")
+
+
+class UnknownConfigFieldError(AgiqaError, TypeError):
+    """A model config got keys it does not have; `unknown` names them, `close` the likely meant fields
+    {unknown: [fields]}, `allowed` every field. A TypeError, as the dataclass constructor raises."""
+
+    def __init__(self, config_name: str, unknown: list[str], allowed: list[str]):
+        self.config_name, self.unknown, self.allowed = config_name, list(unknown), list(allowed)
+        self.close = {key: difflib.get_close_matches(key, allowed, n=3, cutoff=0.6) for key in self.unknown}
+        super().__init__(f"Unknown {config_name} fields: {self.describe()}")
+
+    def describe(self, prefix: str = "") -> str:
+        """`prefix`+each unknown key with its close matches (`patch_sise (did you mean patch_size?)`), or, when none
+        is close, the allowed fields."""
+        parts = []
+        for key in self.unknown:
+            close = self.close[key]
+            parts.append(f"{prefix}{key}" + (f" (did you mean {' or '.join(prefix + c for c in close)}?)"
+                                             if close else ""))
+        text = ", ".join(parts)
+        if not all(self.close.values()):
+            text += f"; allowed: {', '.join(self.allowed)}"
+        return text
+
+
+def check_config_fields(config_cls: type, values) -> None:
+    """Raise `UnknownConfigFieldError` when `values` (keys) name fields the config dataclass lacks."""
+    allowed = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise UnknownConfigFieldError(config_cls.__name__, unknown, allowed)
 
 
 def as_tuple(value: Any) -> Any:
@@ -54,10 +88,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None = None, **overrides):
-        """Build from a dict (e.g. ``config.json``); unknown keys are refused with their names."""
+        """Build from a dict (e.g. ``config.json``); unknown keys are refused with their names and close matches
+        (`UnknownConfigFieldError`, a TypeError)."""
         merged = {**(values or {}), **overrides}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise TypeError(f"Unknown {cls.__name__} fields: {', '.join(unknown)}")
+        check_config_fields(cls, merged)
         return cls(**merged)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+from pathlib import Path
 
 from torch import nn
 
+from agiqa.errors import AgiqaError
 from agiqa.models._builder import load_pretrained
-from agiqa.models._registry import get_pretrained_cfg, model_entrypoint, split_model_name_tag
+from agiqa.models._registry import architecture_family, get_pretrained_cfg, model_entrypoint, split_model_name_tag
 
 _logger = logging.getLogger(__name__)
 
@@ -26,7 +29,11 @@ def create_model(
     Args:
         model_name: architecture name, optionally with a weights tag after a dot.
         pretrained: False for random init, True for the tag's registered weights, or a path / Hub id of weights
-            (a `.safetensors` file, an official `.pt/.pth` checkpoint, or a `save_pretrained` directory).
+            (a `.safetensors` file, an official `.pt/.pth` checkpoint, or a `save_pretrained` directory). A local
+            `save_pretrained` directory (a run's `model/`) is built from its own config.json, not from the
+            architecture's default sizes: `create_model("test_moe_agiqa", pretrained="runs/x/model")` loads the
+            model of that run whatever patch size or width it was trained with (`kwargs` still override); a
+            folder of another family (a MANIQA folder asked for as MoE-AGIQA) is an `AgiqaError`.
         pretrained_cfg_overlay: fields overriding the registered cfg, e.g. `dict(file="/ckpt/maniqa.pth")`.
         checkpoint_path: our own weights loaded after the model is built (strict).
         **kwargs: model config overrides; None values are dropped.
@@ -34,6 +41,9 @@ def create_model(
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     arch, _ = split_model_name_tag(model_name)
     entrypoint = model_entrypoint(model_name)
+    folder_arch = _saved_folder_architecture(model_name, pretrained)
+    if folder_arch is not None:
+        entrypoint = model_entrypoint(folder_arch)  # the family's plain entrypoint: no default sizes over the folder's
     pretrained_cfg = get_pretrained_cfg(model_name)
     if pretrained_cfg is not None and pretrained_cfg_overlay:
         pretrained_cfg = dataclasses.replace(pretrained_cfg, **pretrained_cfg_overlay)
@@ -46,16 +56,42 @@ def create_model(
     return model
 
 
+def _saved_folder_architecture(model_name: str, pretrained) -> str | None:
+    """For `pretrained` naming a local `save_pretrained` folder: the architecture of its config.json when it is of
+    `model_name`'s family (None when there is nothing to redirect); an `AgiqaError` for another family."""
+    if not isinstance(pretrained, (str, os.PathLike)) or not (Path(pretrained) / "config.json").is_file():
+        return None
+    family = architecture_family(model_name)
+    if family is None:
+        return None
+    folder_arch = saved_architecture(pretrained)
+    if folder_arch != family:
+        raise AgiqaError(f"{pretrained} holds a {folder_arch} model (its config.json), not {model_name}; load it with "
+                         f"create_model(saved_architecture({str(pretrained)!r}), pretrained={str(pretrained)!r}) "
+                         f"(= create_model({folder_arch!r}, ...))")
+    return folder_arch
+
+
 def saved_architecture(model_dir: str | os.PathLike) -> str:
     """The registered architecture whose class rebuilds a `save_pretrained` folder, read from its config.json
     (MoE-AGIQA configs carry `num_experts`, MA-AGIQA configs `fusion`)."""
-    import json
-    from pathlib import Path
+    return config_architecture(saved_config(model_dir))
 
+
+def saved_config(model_dir: str | os.PathLike) -> dict:
+    """The config.json of a `save_pretrained` folder as a dict; a `FileNotFoundError` / `AgiqaError` naming the
+    folder."""
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained")
-    return config_architecture(json.loads(config_file.read_text()))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AgiqaError(f"{config_file} is not valid JSON ({err}); the model folder is damaged: save or train "
+                         "it again") from err
+    if not isinstance(config, dict):
+        raise AgiqaError(f"{config_file} holds a JSON {type(config).__name__}, not a model configuration")
+    return config
 
 
 def config_architecture(config: dict) -> str:

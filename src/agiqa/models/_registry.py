@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Callable
 
+from agiqa.errors import AgiqaError
 from agiqa.models._pretrained import PretrainedCfg
 
 _logger = logging.getLogger(__name__)
@@ -16,6 +17,15 @@ _model_entrypoints: dict[str, Callable] = {}
 _model_to_module: dict[str, str] = {}
 _pretrained_cfgs: dict[str, PretrainedCfg] = {}  # "arch.tag" -> cfg
 _default_tag: dict[str, str] = {}
+
+
+class UnknownModelError(AgiqaError, RuntimeError):
+    """No registered model (or weights tag) of that name; the message names close matches or the known names.
+    `name` is what was asked for, `close` the close matches."""
+
+    def __init__(self, message: str, name: str = "", close: list[str] | None = None):
+        self.name, self.close = name, list(close or [])
+        super().__init__(message)
 
 
 def register_model(fn: Callable) -> Callable:
@@ -69,8 +79,21 @@ def model_entrypoint(model_name: str) -> Callable:
     if arch not in _model_entrypoints:
         close = difflib.get_close_matches(arch, list(_model_entrypoints), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Known models: {', '.join(list_models())}."
-        raise RuntimeError(f"Unknown model ({model_name}).{hint}")
+        raise UnknownModelError(f"Unknown model ({model_name}).{hint}", model_name, close)
     return _model_entrypoints[arch]
+
+
+# The config family each architecture builds (what `config_architecture` reads back from a saved config.json):
+# `test_*` are tiny sizes of a family, `moe_agiqa_v1` is MoE-AGIQA without its prior branch.
+FAMILIES = ("maniqa", "ma_agiqa", "moe_agiqa", "moe_agiqa_prior")
+
+
+def architecture_family(model_name: str) -> str | None:
+    """The family of a registered architecture (`test_moe_agiqa` -> `moe_agiqa`, `moe_agiqa_v1` -> `moe_agiqa`),
+    or None for one outside `FAMILIES` (e.g. `vlm_levels`)."""
+    arch = split_model_name_tag(model_name)[0]
+    family = re.sub(r"_v\d+$", "", arch.removeprefix("test_"))
+    return family if family in FAMILIES else None
 
 
 def get_pretrained_cfg(model_name: str) -> PretrainedCfg | None:
@@ -82,7 +105,8 @@ def get_pretrained_cfg(model_name: str) -> PretrainedCfg | None:
     full = f"{arch}.{tag}"
     if full not in _pretrained_cfgs:
         known = [n for n in _pretrained_cfgs if n.startswith(arch + ".")]
-        raise RuntimeError(f"Unknown pretrained tag ({full}). Known tags for {arch}: {', '.join(known) or 'none'}.")
+        raise UnknownModelError(f"Unknown pretrained tag ({full}). Known tags for {arch}: "
+                                f"{', '.join(known) or 'none'}.", model_name, known)
     return _pretrained_cfgs[full]
 
 
