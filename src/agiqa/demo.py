@@ -26,13 +26,32 @@ def register(subparsers) -> None:
     parser.add_argument("--encoder", help="local VLM (Hugging Face id in the local cache, or a directory) for "
                         "semantic features; without it the MANIQA-expert-only ablation is trained")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the encoder's own code (mPLUG-Owl2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (on a terminal) or per-epoch lines "
+                        "(in a log)")
     parser.set_defaults(func=_demo)
+
+
+DEMO_MIN_IMAGES = 30  # the official 70/10/20 split then has 21 training images (a batch of 16) and 3 for validation
+
+
+def check_demo_options(n: int, epochs: int | None, mismatch_rate: float) -> None:
+    """Refuse options the demo cannot run with, before any data is drawn (data in OUT/data is reused as it is, so
+    a failed run must not leave an unusable data set behind)."""
+    from agiqa.errors import ConfigError
+
+    if n < DEMO_MIN_IMAGES:
+        raise ConfigError(f"--n must be at least {DEMO_MIN_IMAGES} (a training batch, validation and test images), "
+                          f"got {n}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    if not 0.0 <= mismatch_rate <= 1.0:
+        raise ConfigError(f"--mismatch-rate must be between 0 and 1, got {mismatch_rate}")
 
 
 def _demo(args) -> int:
     from agiqa.cli import quiet_lightning
 
+    check_demo_options(args.n, args.epochs, args.mismatch_rate)
     quiet_lightning(args.verbose)
     from agiqa.training.reports import METRIC_KEYS, format_value
 
@@ -60,14 +79,17 @@ def run_demo(out: str | Path, n: int = 10000, seed: int = 0, epochs: int | None 
     from agiqa.training.config import TrainConfig
     from agiqa.training.run import train
 
+    check_demo_options(n, epochs, mismatch_rate)
     start = time.perf_counter()
     out = Path(out)
     data_dir = out / "data"
     if not (data_dir / "data.csv").is_file():
         print(f"Generating {n} synthetic AI-generated images in {data_dir} ...")
         generate_synthetic(data_dir, n=n, seed=seed, image_size=DEMO_IMAGE_SIZE, mismatch_rate=mismatch_rate)
+    else:
+        print(f"Reusing the synthetic images in {data_dir} (delete that folder to draw new ones) ...")
     overrides = [f"data.root={data_dir}", f"trainer.seed={seed}", f"output_dir={out / 'run'}"]
-    if epochs:
+    if epochs is not None:
         overrides.append(f"trainer.max_epochs={epochs}")
     if encoder:
         overrides += [f"data.features.cache={out / 'features'}", f"data.features.encoder={encoder}",

@@ -87,6 +87,26 @@ def model_card(model: nn.Module, folder: str | os.PathLike, training: dict | Non
         prompt_flag=" --prompts prompts.csv" if uses_text else "")
 
 
+# The training labels' distribution, saved beside config.json by `agiqa train` and read by the scorer
+# (`agiqa.scoring.distribution`) to give every score a percentile among the training images.
+MOS_DISTRIBUTION_FILE = "mos_distribution.json"
+
+
+def write_mos_distribution(folder: str | os.PathLike, distribution: dict) -> Path:
+    """Write `folder`/mos_distribution.json in one step (a temporary file renamed over it)::
+
+        {"mos_quantiles": [101 floats],   # 0 %, 1 %, ..., 100 % quantiles of the training MOS (the first target's)
+         "mos_range": [min, max],         # of the training MOS (the first target's)
+         "dataset": "agiqa3k", "n_images": 2102, "target": "quality",
+         "per_target": {"quality": {"mos_quantiles": [...], "mos_range": [...]}, ...}}   # multi-target models only
+    """
+    path = Path(folder) / MOS_DISTRIBUTION_FILE
+    tmp = path.with_name(f".{MOS_DISTRIBUTION_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(distribution, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def write_model_card(model: nn.Module, folder: str | os.PathLike, training: dict | None = None,
                      metrics: dict | None = None) -> Path:
     """Write (or replace) `folder`/README.md."""

@@ -97,7 +97,10 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the VLM's own code (mPLUG-Owl2)")
     parser.add_argument("--image-size", type=int, help="input size (defaults to the model's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="compute precision; 'auto' (default): for a run's model/ folder the precision the run "
+                        "tested it in (its metrics.json), so evaluate reproduces the run's numbers; otherwise bf16 on "
+                        "GPUs and AMX / AVX512-BF16 CPUs, else fp32")
     parser.add_argument("--out", required=True, help="output directory")
     parser.set_defaults(func=_evaluate)
 
@@ -107,9 +110,15 @@ def _evaluate(args) -> int:
 
     quiet_lightning(args.verbose)
     from agiqa.models.vlm_levels import is_vlm_spec
+    from agiqa.data.splits import METHODS
+    from agiqa.errors import ConfigError
     from agiqa.training.config import DataSection, FeatureSection
     from agiqa.training.run import evaluate, model_image_size
 
+    if args.split_method not in METHODS:
+        raise ConfigError(f"--split-method must be one of {', '.join(METHODS)}; got {args.split_method!r}")
+    if args.image_size is not None and args.image_size < 1:
+        raise ConfigError(f"--image-size must be at least 1, got {args.image_size}")
     zero_shot = is_vlm_spec(args.model_dir)  # takes no pixels: the image size is not used
     data = DataSection(dataset=args.dataset, root=args.root, target=args.target, csv=args.csv,
                        image_col=args.image_col, score_col=args.score_col, prompt_col=args.prompt_col,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,15 +117,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        return _build(cls, data or {}, "config")
+        config = _build(cls, data or {}, "config")
+        config.check()
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        data = read_yaml(path)
         for override in overrides or []:
             apply_override(data, override)
         return cls.from_dict(data)
+
+    def check(self) -> None:
+        """Values a run cannot start with, refused before anything is built or written (a `ConfigError` naming
+        the key and what it accepts): loss, trainer precision, split method, counts and sizes."""
+        from agiqa.data.splits import METHODS
+
+        _one_of("optim.loss", self.optim.loss, LOSSES)
+        _one_of("trainer.precision", str(self.trainer.precision), TRAINER_PRECISIONS)
+        _one_of("data.split_method", self.data.split_method, METHODS)
+        _one_of("test.subset", self.test.subset, TEST_SUBSETS)
+        for name, value, least in (("trainer.max_epochs", self.trainer.max_epochs, 1),
+                                   ("data.batch_size", self.data.batch_size, 1),
+                                   ("data.eval_batch_size", self.data.eval_batch_size, 1),
+                                   ("data.image_size", self.data.image_size, 1),
+                                   ("data.num_workers", self.data.num_workers, 0),
+                                   ("data.features.batch_size", self.data.features.batch_size, 1),
+                                   ("trainer.num_nodes", self.trainer.num_nodes, 1),
+                                   ("trainer.log_every_n_steps", self.trainer.log_every_n_steps, 1)):
+            if value < least:
+                raise ConfigError(f"{name} must be at least {least}, got {value}")
+        if not 0.0 <= self.data.augment_prob <= 1.0:
+            raise ConfigError(f"data.augment_prob must be between 0 and 1, got {self.data.augment_prob}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,13 +157,48 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+LOSSES = ("mse", "l1", "smooth_l1")  # `optim.loss` (training.module.LOSSES builds them)
+# `trainer.precision`: Lightning's names, and "auto" (bf16-mixed where bf16 is fast: CUDA, AMX / AVX512-BF16 CPUs).
+TRAINER_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "auto",
+                      "32", "16", "bf16", "64")
+TEST_SUBSETS = ("test", "all")
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}{hint}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; a `ConfigError` naming the file and the line for text that is not YAML."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not a YAML experiment config{where}: {problem}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping (model:, data:, optim:, trainer:, ...), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        close = [f"{key} (did you mean {match[0]}?)" for key in unknown
+                 if (match := difflib.get_close_matches(key, list(fields), n=1))]
+        hint = f" [{'; '.join(close)}]" if close else ""
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}{hint}; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
@@ -210,4 +269,8 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not YAML ({str(err).splitlines()[0]}); quote "
+                          "lists and mappings for the shell: --set \"model.kwargs.semantic_experts=[]\"") from err

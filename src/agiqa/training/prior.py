@@ -38,6 +38,7 @@ def pretrain_prior(config, resume: bool = False) -> tuple[dict, Path]:
     from agiqa.models import create_model
     from agiqa.training.run import train
 
+    check_prior_model(config.model.name)
     metrics = train(config, resume=resume)
     out = Path(config.output_dir)
     model = create_model(config.model.name, pretrained=str(out / "model"))
@@ -48,6 +49,20 @@ def pretrain_prior(config, resume: bool = False) -> tuple[dict, Path]:
     torch.save(model.prior_state_dict(), tmp)
     tmp.replace(target)
     return metrics, target
+
+
+PRIOR_FAMILY = "moe_agiqa_prior"
+
+
+def check_prior_model(name: str) -> None:
+    """Refuse, before any training, a `model.name` that does not build a prior network."""
+    from agiqa.errors import ConfigError
+    from agiqa.models._registry import architecture_family, model_entrypoint
+
+    model_entrypoint(name)  # an unknown name: its own error, with close matches
+    if architecture_family(name) != PRIOR_FAMILY:
+        raise ConfigError(f"model.name {name!r} is not a prior network: pretrain-prior trains {PRIOR_FAMILY} "
+                          f"(or test_{PRIOR_FAMILY}, its tiny version); `agiqa train` trains {name}")
 
 
 def _pretrain_prior(args) -> int:

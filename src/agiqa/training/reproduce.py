@@ -83,6 +83,8 @@ def run_seeds(run, model: str, experiment: str, seeds: int, out: Path, splits: t
     """`run(kind, seed) -> (metrics.json dict, data section, run folder)` for every kind of split and seed; writes
     runs.json and results.md and returns the table. A multi-target run's `runs`/`summary` are its first target's
     (as its `overall`), and `per_target` holds every target's runs and summary."""
+    if seeds < 1:
+        raise AgiqaError(f"--seeds must be at least 1 (runs per kind of split), got {seeds}")
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise AgiqaError(f"unknown kind(s) of split {unknown or list(splits)} (--splits); choose from "
