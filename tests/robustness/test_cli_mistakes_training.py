@@ -46,6 +46,10 @@ MISTAKES = {
                             "model.name 'ma_agiqq' is not a registered model: did you mean ma_agiqa"),
     "MA-AGIQA without semantic features": (TRAIN, 'MANIQA-expert-only ablation (paper Table 3, row 1; what `agiqa '
                                            'demo` trains without a VLM): --set "model.kwargs.semantic_experts=[]"'),
+    "model kwargs the model refuses": ([*TRAIN, *NO_EXPERTS, "--set", "model.kwargs.use_maniqa=false"],
+                                       "test_ma_agiqa cannot be built from model.kwargs {'gate_activation': 'none', "
+                                       "'patch_size': 4, 'semantic_experts': [], 'use_maniqa': False}: MA-AGIQA needs "
+                                       "at least one expert"),
     "image size the model does not take": ([*TRAIN, *NO_EXPERTS, "--set", "data.image_size=48"],
                                            "data.image_size is 48 but the model takes 32 px images"),
     # train: values refused with what is accepted

@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def build_module(config: TrainConfig) -> IQAModule:
         hint = (f"did you mean {', '.join(err.close)}?" if err.close
                 else "`agiqa models list` shows the registered models")
         raise ConfigError(f"model.name {config.model.name!r} is not a registered model: {hint}") from err
+    except ValueError as err:  # a config the model's own checks refuse (patch size, hooked blocks, no expert, ...)
+        raise ConfigError(f"{config.model.name} cannot be built from model.kwargs {dict(config.model.kwargs)}: "
+                          f"{err}") from err
     except TypeError as err:
         if targets and "targets" in str(err):
             raise ConfigError(f"data.target asks for {len(targets)} targets ({', '.join(targets)}) but model "
@@ -151,6 +155,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         if data is not None:
             check_data_root(data)  # a wrong root is reported before any model (or its weights) is loaded
     check_split_sizes(config)
+    check_semantic_features_early(config)
     out = Path(config.output_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = build_module(config)
@@ -400,6 +405,26 @@ def check_model_inputs(config: TrainConfig, model: torch.nn.Module) -> None:
 
 
 MA_AGIQA_ABLATION = '--set "model.kwargs.semantic_experts=[]"'
+
+
+def check_semantic_features_early(config: TrainConfig) -> None:
+    """An MA-AGIQA built from scratch with semantic experts (the class default) but no feature cache, told before
+    its backbone is built (the paper configs would download the ImageNet ViT first); `check_model_inputs` checks
+    every other model once built."""
+    from agiqa.models._registry import architecture_family
+
+    if config.data.features.cache or config.model.pretrained or architecture_family(config.model.name) != "ma_agiqa":
+        return
+    from agiqa.models.ma_agiqa import MaAgiqaConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(MaAgiqaConfig)}
+    kwargs = config.model.kwargs
+    if set(kwargs) - set(fields):
+        return  # a misspelt field: building the model names it first
+    settings = types.SimpleNamespace(**{name: kwargs.get(name, fields[name])
+                                        for name in ("semantic_experts", "level_prompts", "use_maniqa")})
+    if settings.semantic_experts or settings.level_prompts:
+        raise ConfigError(semantic_features_message(config.model.name, settings))
 
 
 def semantic_features_message(model_name: str, model_config) -> str:
