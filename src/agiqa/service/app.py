@@ -10,10 +10,13 @@ endpoint annotations at runtime.
 import argparse
 import asyncio
 import contextlib
+import gc
 import math
+import os
+import re
+import signal
 import sys
 import threading
-import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -24,49 +27,59 @@ from agiqa.data.images import decode_image
 from agiqa.errors import AgiqaError, ImageLoadError, ImageTooLargeError
 from agiqa.scoring.heatmap import heatmap_image, png_base64
 from agiqa.scoring.scorer import Scorer
-from agiqa.service.batcher import MicroBatcher, QueueFull
-from agiqa.service.limits import BodySizeLimit, ServiceLimits
-from agiqa.service.metrics import ServiceMetrics
+from agiqa.service.batcher import ClientShareFull, MicroBatcher, QueueFull
+from agiqa.service.limits import BodySizeLimit, MultipartOnly, ServiceLimits
+from agiqa.service.metrics import RequestMetrics, ServiceMetrics
+from agiqa.service.security import (CLIENT_SCOPE_KEY, SHORT_KEY, Access, ClientLimits, Gatekeeper, check_exposure,
+                                   keys_from, parse_networks)
 
 HEATMAP_SIDE = 512  # longest side of a heat map in an answer (the page stretches it over the image)
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 ROUTES = ("/", "/health", "/info", "/metrics", "/score")
 
 
-def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits | None = None):
-    """A FastAPI app around one loaded `Scorer` (the model is loaded once, at start-up)."""
+def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits | None = None,
+               access: Access | None = None, freeze_gc: bool = False):
+    """A FastAPI app around one loaded `Scorer` (the model is loaded once, at start-up); `access` says who may
+    score (keys, proxies, CORS origins; default: anyone, as on loopback). `freeze_gc` (what `agiqa serve` does):
+    at start-up, every object alive (the model, torch, the libraries: hundreds of thousands) leaves the garbage
+    collector's sight (gc.freeze), so a full collection takes milliseconds, not the ~170 ms that a request arriving
+    meanwhile would wait (tiny model; it was the slowest request of tests/service/test_security.py's flood test)."""
     from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, Response
     from starlette.concurrency import run_in_threadpool
 
     limits = limits or ServiceLimits(max_batch=scorer.batch_size, max_pixels=scorer.max_pixels)
+    access = access or Access()
     metrics = ServiceMetrics()
     # A processor with a tokenizer (MoE-AGIQA) runs one request at a time: a Rust tokenizer whose padding and
     # truncation are set per call is not safe to share between threads. Decoding stays parallel.
     preprocessing = threading.Lock() if scorer.processor is not None else contextlib.nullcontext()
-    batcher = MicroBatcher(scorer, limits.max_batch, limits.max_wait_ms, limits.max_queue, metrics.observe_batch)
+    batcher = MicroBatcher(scorer, limits.max_batch, limits.max_wait_ms, limits.max_queue, metrics.observe_batch,
+                           client_share=limits.client_max_queued)
+    clients = ClientLimits(limits.client_max_in_flight, limits.client_rate, limits.client_burst)
 
     @asynccontextmanager
     async def lifespan(app):
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         yield
         batcher.close()
 
     app = FastAPI(title="agiqa scoring service", version="2", lifespan=lifespan)
+    # Middleware, outermost last: metrics of every answer; CORS (only for --cors-origin origins, outside the
+    # gatekeeper so that a browser can read a 401/429); key and per-client limits before any body is read; 415 for
+    # a body that is not multipart; 413 for one over the upload limit.
     app.add_middleware(BodySizeLimit, limit=limits.max_upload_bytes)
+    app.add_middleware(MultipartOnly, path="/score")
+    app.add_middleware(Gatekeeper, access=access, limits=clients, on_refusal=metrics.observe_refusal)
+    if access.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
 
-    @app.middleware("http")
-    async def check_and_observe(request: Request, call_next):
-        started = time.perf_counter()
-        content_type = request.headers.get("content-type", "")
-        if request.url.path == "/score" and request.method == "POST" and \
-                not content_type.startswith("multipart/form-data"):
-            response = JSONResponse({"detail": f"POST /score takes multipart/form-data (fields `images`, `prompts`, "
-                                     f"`explain`), not {content_type or 'a body without a content type'}"}, 415)
-        else:
-            response = await call_next(request)
-        path = request.url.path if request.url.path in ROUTES else "other"
-        metrics.observe_request(path, response.status_code, time.perf_counter() - started)
-        return response
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=ROUTES)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -82,7 +95,7 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
                 "lower_better": scorer.lower_better, "needs_prompt": scorer.needs_prompt,
                 "targets": scorer.targets, "experts": scorer.expert_names, "heatmap": scorer.has_patch_map,
                 "scale": scorer.scale, "percentile": percentile_info(scorer), "levels": level_info(scorer),
-                "limits": limits.as_dict()}
+                "limits": limits.as_dict(), **access.as_dict()}
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -91,10 +104,12 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         return Response(body, media_type=content_type)
 
     @app.post("/score")
-    async def score(images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None),
+    async def score(request: Request, images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None),
                     explain: bool = Form(False)) -> dict:
         names = [upload.filename or f"image {i}" for i, upload in enumerate(images)]
         check_request(images, names, prompts)
+        client = request.scope.get(CLIENT_SCOPE_KEY)
+        clients.charge(client, len(images) - 1)  # the gatekeeper took one image's token already
         uploads = [await upload.read() for upload in images]
         decoded = await run_in_threadpool(prepare, uploads, names, prompts)
         errors = decoded["errors"]
@@ -105,7 +120,7 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
             too_large = all(kind == "too_large" for kind in decoded["kinds"])
             raise HTTPException(413 if too_large else 422, "no image could be scored: " + "; ".join(
                 f"{name}: {error}" for name, error in zip(names, errors)))
-        columns = await scored_columns(decoded, explain)
+        columns = await scored_columns(decoded, explain, client)
         metrics.images.inc(len(decoded["good"]))
         results = await run_in_threadpool(answer_rows, names, errors, decoded, columns, explain)
         return {"model": model_name, "n_scored": len(decoded["good"]), "n_failed": len(names) - len(decoded["good"]),
@@ -144,9 +159,15 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         return {"errors": errors, "kinds": kinds, "good": good, "images": pil_images, "prompts": good_prompts,
                 "inputs": inputs}
 
-    async def scored_columns(decoded: dict, explain: bool) -> dict:
+    async def scored_columns(decoded: dict, explain: bool, client) -> dict:
         try:
-            future = batcher.submit(decoded["inputs"], decoded["images"], decoded["prompts"], explain)
+            future = batcher.submit(decoded["inputs"], decoded["images"], decoded["prompts"], explain, client)
+        except ClientShareFull as full:
+            metrics.observe_refusal("queue_share")
+            raise HTTPException(429, f"this client already has {full.waiting} images waiting for the model (its share "
+                                f"of the queue: client_max_queued {full.share} of max_queue {limits.max_queue}); "
+                                f"retry in {full.retry_after} s",
+                                headers={"Retry-After": str(full.retry_after)}) from None
         except QueueFull as full:
             raise HTTPException(503, f"busy: {full.waiting} images are waiting for the model (max_queue "
                                 f"{limits.max_queue}); retry in {full.retry_after} s",
@@ -274,6 +295,35 @@ def register(subparsers) -> None:
     parser.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request (413)")
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="pixels per image, decompression bombs included (413 when no image of a request fits)")
+    keys = parser.add_argument_group(
+        "who may score", "With a key (--api-key, AGIQA_API_KEY or --api-key-file), POST /score needs "
+        "`Authorization: Bearer KEY` (401 without it); /, /health and /info stay open. Without a key, a --host "
+        "beyond loopback is refused unless --allow-unauthenticated.")
+    keys.add_argument("--api-key", metavar="KEY", help="the key clients send (visible in `ps`: prefer the "
+                      "environment variable AGIQA_API_KEY, read when this flag is not given, or --api-key-file)")
+    keys.add_argument("--api-key-file", metavar="FILE", help="file of keys, one per line (# comments allowed), "
+                      "re-read when it changes or on SIGHUP: for rotation, and one key per client for fair shares")
+    keys.add_argument("--metrics-need-key", action="store_true", help="GET /metrics needs the key too")
+    keys.add_argument("--allow-unauthenticated", action="store_true",
+                      help="serve a --host beyond loopback without a key (anyone who reaches it can score)")
+    keys.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                      help="a reverse proxy (address or network, repeatable) whose X-Forwarded-For names the client; "
+                      "from anyone else the header is ignored")
+    keys.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                      help="an origin (e.g. https://app.example.com; repeatable) whose pages may call the service "
+                      "from the browser; none: CORS is off")
+    share = parser.add_argument_group(
+        "fair share per client", "A client is its key (its address without keys); past a limit it gets 429 with "
+        "Retry-After while the other clients go on.")
+    share.add_argument("--client-max-in-flight", type=int, metavar="N",
+                       help="requests of one client at once (default: max(2, --max-queue / 4))")
+    share.add_argument("--client-rate", type=float, default=defaults.client_rate, metavar="IMAGES_PER_S",
+                       help="images per second of one client on average (0: no rate limit)")
+    share.add_argument("--client-burst", type=float, metavar="IMAGES",
+                       help="images one client may send at once above its rate (default: max(--client-rate, "
+                       "--max-images))")
+    share.add_argument("--client-max-queued", type=int, metavar="IMAGES",
+                       help="images of one client waiting for the model (default: max(--max-images, --max-queue / 2))")
     parser.set_defaults(func=_serve)
 
 
@@ -284,6 +334,11 @@ def _serve(args) -> int:
 
     # Every mistake is reported before the model loads (which can take minutes) and before the port is taken.
     limits = _limits(args)
+    keys = keys_from(args.api_key, args.api_key_file)
+    unauthenticated = check_exposure(args.host, keys is not None, args.allow_unauthenticated)
+    access = Access(keys=keys, metrics_need_key=args.metrics_need_key,
+                    trusted_proxies=parse_networks(args.trusted_proxy), cors_origins=tuple(args.cors_origin),
+                    unauthenticated=unauthenticated)
     check_device(args.device)
     source = resolve_model(args.model)
     if source.note:
@@ -297,25 +352,63 @@ def _serve(args) -> int:
                     trust_remote_code=args.trust_remote_code, precision=args.precision, batch_size=args.batch_size,
                     max_pixels=args.max_pixels)
     print(f"{args.model}: {scorer.scale}", file=sys.stderr)
-    uvicorn.run(create_app(scorer, str(args.model), limits), host=args.host, port=args.port)
+    for line in access_lines(args, access, limits):
+        print(line, file=sys.stderr)
+    if keys is not None and keys.file is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: keys.request_reload())
+    # proxy_headers off: uvicorn would trust X-Forwarded-For from 127.0.0.1, letting any local client pick its own
+    # identity; the gatekeeper reads it from --trusted-proxy addresses only.
+    uvicorn.run(create_app(scorer, str(args.model), limits, access, freeze_gc=True), host=args.host, port=args.port,
+                proxy_headers=False)
     return 0
+
+
+def access_lines(args, access: Access, limits: ServiceLimits) -> list[str]:
+    """What start-up says about who may score (never a key)."""
+    if access.keys is not None:
+        sources = {"--api-key": args.api_key, "AGIQA_API_KEY": (os.environ.get("AGIQA_API_KEY") or "").strip(),
+                   str(args.api_key_file): args.api_key_file}
+        where = [name for name, given in sources.items() if given]
+        lines = [f"scoring needs a key (Authorization: Bearer; {len(access.keys)} key(s) from {', '.join(where)}"
+                 f"{'; /metrics too' if access.metrics_need_key else ''})"]
+        if access.keys.short:
+            lines.append(f"warning: {access.keys.short} key(s) shorter than {SHORT_KEY} characters are easy to guess; "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))' makes a good one")
+        if args.allow_unauthenticated:
+            lines.append("note: --allow-unauthenticated has no effect: a key is set")
+    elif access.unauthenticated:
+        lines = [f"warning: serving {args.host}:{args.port} without a key (--allow-unauthenticated): anyone who "
+                 "can reach it can score; set AGIQA_API_KEY or --api-key-file to require one"]
+    else:
+        lines = []
+    lines.append(f"per client: {limits.client_max_in_flight} requests at once, "
+                 + (f"{limits.client_rate:g} images/s (bursts of {limits.client_burst:g}), " if limits.client_rate > 0
+                    else "no rate limit, ")
+                 + f"{limits.client_max_queued} images queued; 429 past them")
+    if access.cors_origins:
+        lines.append(f"CORS: pages of {', '.join(access.cors_origins)} may call the service")
+    return lines
 
 
 def _limits(args) -> ServiceLimits:
     """The flags as `ServiceLimits`; a value it refuses is named by its flag."""
     flags = {"max_upload_bytes": "--max-upload-mb", "max_images": "--max-images", "max_pixels": "--max-pixels",
              "max_batch": "--batch-size", "max_wait_ms": "--max-wait-ms", "max_queue": "--max-queue",
-             "timeout_s": "--timeout"}
+             "timeout_s": "--timeout", "client_max_in_flight": "--client-max-in-flight",
+             "client_rate": "--client-rate", "client_burst": "--client-burst",
+             "client_max_queued": "--client-max-queued"}
     if not 1 <= args.port <= 65535:
         raise AgiqaError(f"--port must be 1..65535, got {args.port}")
     try:
         return ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_images=args.max_images,
                              max_pixels=args.max_pixels, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
-                             max_queue=args.max_queue, timeout_s=args.timeout)
+                             max_queue=args.max_queue, timeout_s=args.timeout,
+                             client_max_in_flight=args.client_max_in_flight, client_rate=args.client_rate,
+                             client_burst=args.client_burst, client_max_queued=args.client_max_queued)
     except ValueError as err:
         message = str(err)
         for name, flag in flags.items():
-            message = message.replace(name, flag)
+            message = re.sub(rf"\b{name}\b", flag, message)
         raise AgiqaError(message) from None
 
 

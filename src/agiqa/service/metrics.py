@@ -1,6 +1,9 @@
-"""Prometheus metrics of the service (GET /metrics): requests by status, image errors by kind, model batch sizes,
-request latency, queue depth and the process's memory and CPU, in one registry per app."""
+"""Prometheus metrics of the service (GET /metrics): requests by status, image errors by kind, requests refused by a
+per-client limit, model batch sizes, request latency, queue depth and the process's memory and CPU, in one registry
+per app."""
 from __future__ import annotations
+
+import time
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -26,6 +29,8 @@ class ServiceMetrics:
         self.latency = Histogram("agiqa_request_seconds", "request latency, by path", ["path"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue = Gauge("agiqa_queue_images", "images waiting for the model", registry=self.registry)
+        self.refusals = Counter("agiqa_client_limited", "requests refused (429) by a per-client limit, by reason: "
+                                "in_flight, rate, queue_share", ["reason"], registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -35,7 +40,34 @@ class ServiceMetrics:
         self.requests.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 
+    def observe_refusal(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """ASGI middleware: every answer counted by path (one of `routes`, else "other") and status, with its latency."""
+
+    def __init__(self, app, metrics: ServiceMetrics, routes: tuple[str, ...]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500  # 500 unless a response starts (an exception escapes)
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope["path"] if scope["path"] in self.routes else "other"
+            self.metrics.observe_request(path, status, time.perf_counter() - started)
