@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,16 +18,12 @@ httpx = pytest.importorskip("httpx")
 from agiqa.models import create_model  # noqa: E402
 from agiqa.scoring.scorer import Scorer  # noqa: E402
 
+from ._server import agiqa_serve  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium here: apt-get install chromium "
                                 "chromium-driver (.ci/run does)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,27 +31,8 @@ def served(tmp_path):
     """`agiqa serve` of a tiny MA-AGIQA (MANIQA expert) as a real process; yields (url, model dir)."""
     torch.manual_seed(0)
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
-    port = free_port()
-    command = [sys.executable, "-m", "agiqa", "serve", str(tmp_path / "model"), "--port", str(port), "--device",
-               "cpu", "--precision", "fp32", "--max-images", "5", "--max-upload-mb", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("agiqa serve did not start:\n" + process.stdout.read().decode(errors="replace"))
-            time.sleep(0.2)
-        yield url, tmp_path / "model"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with agiqa_serve(tmp_path / "model", "--max-images", "5", "--max-upload-mb", "2") as server:
+        yield server.url, tmp_path / "model"
 
 
 @pytest.fixture
@@ -75,7 +48,6 @@ def browser():
 
 def test_the_page_scores_a_dropped_image_and_shows_its_heat_map(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, model = served
@@ -95,7 +67,8 @@ def test_the_page_scores_a_dropped_image_and_shows_its_heat_map(served, browser,
     chooser.send_keys("\n".join(str(path) for path in images))
     browser.find_element(By.ID, "prompt").send_keys("a photo of a cat")
     browser.find_element(By.ID, "score").click()
-    WebDriverWait(browser, 60).until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, ".result .score")))
+    WebDriverWait(browser, 60).until(lambda d: "2 scored" in d.find_element(By.ID, "status").text)
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .score")) == 2)
     WebDriverWait(browser, 30).until(lambda d: all(
         img.get_attribute("complete") == "true" and int(img.get_attribute("naturalWidth")) > 0
         for img in d.find_elements(By.CSS_SELECTOR, ".result img")))
@@ -121,3 +94,58 @@ def test_the_page_scores_a_dropped_image_and_shows_its_heat_map(served, browser,
     assert shot.std() > 10  # a rendered page, not a blank one
     if os.environ.get("AGIQA_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["AGIQA_SCREENSHOT"])
+
+
+KEY = "page-key-" + "k" * 23
+
+
+def test_the_page_asks_for_the_key_of_a_keyed_service_once_and_scores_with_it(tmp_path, browser):
+    """A keyed `agiqa serve`: the page (told by /info `auth: bearer`) asks for the key; a wrong one is refused
+    (401) and asked again; with the right one, two images are scored. The key stays in this tab's sessionStorage
+    (not localStorage, not the URL) and a reload does not ask again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    torch.manual_seed(0)
+    create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "model")
+    (tmp_path / "keys.txt").write_text(KEY + "\n")
+    images = []
+    for seed in (0, 1):
+        path = tmp_path / f"generated_{seed}.png"
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    expected = Scorer(tmp_path / "model", device="cpu", precision="fp32").score([str(p) for p in images]).scores
+
+    def status(driver) -> str:
+        return driver.find_element(By.ID, "status").text
+
+    with agiqa_serve(tmp_path / "model", "--api-key-file", str(tmp_path / "keys.txt")) as served:
+        browser.get(served.url + "/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "keybox").is_displayed())
+        chooser = browser.find_element(By.ID, "files")
+        browser.execute_script("arguments[0].hidden = false", chooser)
+        chooser.send_keys("\n".join(str(path) for path in images))
+
+        browser.find_element(By.ID, "key").send_keys("not-the-key")
+        browser.find_element(By.ID, "usekey").click()
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "keyed").is_displayed())
+        browser.find_element(By.ID, "score").click()
+        WebDriverWait(browser, 60).until(lambda d: status(d).startswith("401"))
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "keybox").is_displayed())
+        assert "not accepted" in browser.find_element(By.ID, "keywhy").text
+
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.find_element(By.ID, "usekey").click()
+        WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "keybox").is_displayed())
+        browser.find_element(By.ID, "score").click()
+        WebDriverWait(browser, 60).until(lambda d: "2 scored, 0 failed" in status(d))
+        cards = browser.find_elements(By.CSS_SELECTOR, ".result")
+        shown = [float(card.find_element(By.CSS_SELECTOR, ".score").text) for card in cards]
+        assert shown == pytest.approx(expected.tolist(), abs=5e-4)
+
+        assert browser.execute_script("return sessionStorage.getItem('agiqa-api-key')") == KEY
+        assert browser.execute_script("return JSON.stringify(localStorage)") == "{}" and KEY not in browser.current_url
+        browser.refresh()  # the same tab: the key is kept, not asked again
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "keyed").is_displayed())
+        assert not browser.find_element(By.ID, "keybox").is_displayed()
+    assert KEY not in served.log_text()

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +15,8 @@ from PIL import Image
 from agiqa.cli import main
 from agiqa.models import create_model
 from agiqa.scoring.distribution import DISTRIBUTION_FILE
+
+from ._server import agiqa_serve, free_port
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 
@@ -32,11 +29,17 @@ def test_serve_help_shows_the_defaults(capsys):
     text = text[text.index("options:"):]  # the option list, not the usage line
     for flag, default in {"--host": "127.0.0.1", "--port": "8000", "--device": "auto", "--precision": "auto",
                           "--batch-size": "16", "--max-wait-ms": "5.0", "--max-queue": "256", "--timeout": "60.0",
-                          "--max-upload-mb": "64.0", "--max-images": "64", "--max-pixels": "89478485"}.items():
+                          "--max-upload-mb": "64.0", "--max-images": "64", "--max-pixels": "89478485",
+                          "--client-rate": "1000.0"}.items():
         entry = text[text.index(f" {flag} "):]
         entry = entry[:entry.index(" --", 2)] if " --" in entry[2:] else entry  # up to the next option
         assert f"(default: {default})" in entry, (flag, entry)
     assert "(default: None)" not in text and "(default: False)" not in text
+    for flag, default in {"--client-max-in-flight": "max(2, --max-queue / 4)",
+                          "--client-burst": "max(--client-rate, --max-images)",
+                          "--client-max-queued": "max(--max-images, --max-queue / 2)"}.items():
+        entry = "".join(text[text.index(f" {flag} "):].split())  # argparse may wrap inside "--max-queue"
+        assert "".join(f"(default: {default})".split()) in entry, flag  # derived from other flags
 
 
 def test_serve_takes_a_run_folder_for_its_model_with_a_note(tmp_path, capsys, monkeypatch):
@@ -46,7 +49,7 @@ def test_serve_takes_a_run_folder_for_its_model_with_a_note(tmp_path, capsys, mo
     create_model("test_ma_agiqa", semantic_experts=()).save_pretrained(tmp_path / "run" / "model")
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
-    assert main(["serve", str(tmp_path / "run"), "--device", "cpu", "--port", str(_free_port())]) == 0
+    assert main(["serve", str(tmp_path / "run"), "--device", "cpu", "--port", str(free_port())]) == 0
     err = capsys.readouterr().err
     assert f"note: {tmp_path / 'run'} is a training run folder; scoring its model folder" in err
     assert "no percentile" in err  # what the scores mean, said once at start-up
@@ -57,18 +60,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium here: apt-get install chromium chromium-driver")
 def test_the_page_says_where_each_score_falls_among_the_training_images(tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it comes with [dev])")
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
     from agiqa.scoring.scorer import Scorer
@@ -87,41 +83,23 @@ def test_the_page_says_where_each_score_falls_among_the_training_images(tmp_path
     (folder / DISTRIBUTION_FILE).write_text(json.dumps({"mos_quantiles": quantiles.tolist(), "dataset": "agiqa3k"}))
     expected = Scorer(folder, device="cpu", precision="fp32").score([str(p) for p in images]).percentiles
 
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "agiqa", "serve", str(folder), "--port", str(port), "--device",
-                                "cpu", "--precision", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
         options.add_argument(flag)
-    browser = None
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("agiqa serve did not start:\n" + process.stdout.read().decode(errors="replace"))
-            time.sleep(0.2)
+    with agiqa_serve(folder) as served:
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-        browser.get(url + "/")
-        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").text.startswith("model:"))
-        assert "agiqa3k training images" in browser.find_element(By.ID, "scale").text
-        chooser = browser.find_element(By.ID, "files")
-        browser.execute_script("arguments[0].hidden = false", chooser)
-        chooser.send_keys("\n".join(str(path) for path in images))
-        browser.find_element(By.ID, "score").click()
-        WebDriverWait(browser, 60).until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, ".result .meaning")))
-        shown = [card.find_element(By.CSS_SELECTOR, ".meaning").text
-                 for card in browser.find_elements(By.CSS_SELECTOR, ".result")]
-        assert shown == [f"better than {math.floor(p + 0.5)} % of the agiqa3k training images" for p in expected]
-    finally:
-        if browser is not None:
+        try:
+            browser.get(served.url + "/")
+            WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").text.startswith("model:"))
+            assert "agiqa3k training images" in browser.find_element(By.ID, "scale").text
+            chooser = browser.find_element(By.ID, "files")
+            browser.execute_script("arguments[0].hidden = false", chooser)
+            chooser.send_keys("\n".join(str(path) for path in images))
+            browser.find_element(By.ID, "score").click()
+            WebDriverWait(browser, 60).until(lambda d: "3 scored" in d.find_element(By.ID, "status").text)
+            shown = [card.find_element(By.CSS_SELECTOR, ".meaning").text
+                     for card in browser.find_elements(By.CSS_SELECTOR, ".result")]
+        finally:
             browser.quit()
-        process.terminate()
-        process.wait(timeout=30)
+    assert shown == [f"better than {math.floor(p + 0.5)} % of the agiqa3k training images" for p in expected]
