@@ -30,7 +30,7 @@ from agiqa.cli import main  # noqa: E402
 from agiqa.errors import AgiqaError  # noqa: E402
 from agiqa.models import create_model  # noqa: E402
 from agiqa.scoring.scorer import Scorer  # noqa: E402
-from agiqa.service.app import create_app  # noqa: E402
+from agiqa.service.app import bound_malloc_arenas, create_app  # noqa: E402
 from agiqa.service.batcher import MicroBatcher  # noqa: E402
 from agiqa.service.limits import ServiceLimits  # noqa: E402
 from agiqa.service.security import (Access, ClientLimits, KeyRing, check_exposure, client_address,  # noqa: E402
@@ -403,3 +403,14 @@ def test_gatekeeper_answers_before_the_route_deny_by_default_and_cors_only_for_n
         refused = http.post("/score", files=one_image(), headers={"Origin": "https://app.example"})
         assert refused.status_code == 401  # ... and the page there can read why
         assert refused.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_serve_caps_malloc_arenas_unless_the_environment_does(monkeypatch):
+    """The soak's fix (docs/scoring.md, "Memory over a long run"): glibc's arenas capped at 2 by `agiqa serve`."""
+    import platform
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert bound_malloc_arenas() is False  # the operator's value stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert bound_malloc_arenas() is expected
