@@ -8,9 +8,10 @@ The server serves the tiny MA-AGIQA (`create_model("test_ma_agiqa", semantic_exp
 with a key (AGIQA_API_KEY, so the key check and the per-client limits run on every request) and its default limits.
 `--clients` threads send one JPEG per request over keep-alive connections (the standard library's http.client:
 light, so that most of the 2 shared cores go to the server); the JPEGs take turns among four sizes (256² to 1024²)
-so that the decode threads allocate buffers of different sizes, as real uploads do. Printed per phase: requests,
-failures (any status but 200), images/s, latency p50/p99, and the server's RSS, threads and Python objects (from
-the gc at its end, through /metrics' process_* and the phase's RSS from /proc). Needs Linux (/proc).
+so that the decode threads allocate buffers of different sizes, as real uploads do. Printed per phase: requests so
+far, failures (any status but 200: a 429 of the per-client limits counts), images/s, latency p50/p99, and the
+server's RSS, peak RSS and threads (/proc/PID/status at the phase's end). Needs Linux (/proc). Numbers in
+docs/scoring.md ("Memory over a long run").
 """
 from __future__ import annotations
 
