@@ -33,6 +33,7 @@ from agiqa.semantic.base import (
     fill_prompt,
     masked_mean,
 )
+from agiqa.semantic.hf import local_revision, pad_to_square
 from agiqa.semantic.levels import LEVEL_WORDS, answer_token_count, level_probabilities, level_token_ids, with_answer
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class MplugOwl2Encoder(SemanticEncoder):
         if not prompts:
             raise SemanticEncoderError("at least one prompt is required")
         self.name = str(encoder_id)
-        self.revision = revision
+        self.revision = revision or local_revision(self.name)  # a local folder's content id keys stale caches
         self.prompts = tuple(prompts)
         if answers is not None and len(answers) != len(self.prompts):
             raise SemanticEncoderError(f"got {len(self.prompts)} questions but {len(answers)} answer prefixes")
@@ -266,8 +267,6 @@ class OfficialMplugOwl2Encoder(MplugOwl2Encoder):
     def encode(self, images: list, generation_prompts: list[str] | None = None) -> torch.Tensor:
         if not images:
             return torch.empty(0, len(self.prompts), self.feature_dim)
-        from agiqa.semantic.hf import pad_to_square
-
         mean = self.image_processor.image_mean
         pixels = torch.cat([
             self.image_processor.preprocess(pad_to_square(im, mean) if self.square_pad else im,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agiqa.semantic.base import SemanticEncoderError
+from agiqa.semantic.hf import pad_to_square
 from agiqa.semantic.owl2.modeling import IMAGE_TOKEN_INDEX
 
 IMAGE_PLACEHOLDER = "<|image|>"
@@ -116,17 +117,6 @@ class Owl2ImageProcessor:
         except (TypeError, ValueError, KeyError) as err:
             raise Owl2ProcessingError(f"{path}: unusable CLIP processor settings ({err})") from None
 
-    def pad_to_square(self, image):
-        from PIL import Image
-
-        width, height = image.size
-        if width == height:
-            return image
-        side = max(width, height)
-        square = Image.new(image.mode, (side, side), tuple(int(c * 255) for c in self.image_mean))
-        square.paste(image, ((side - width) // 2, (side - height) // 2))
-        return square
-
     def __call__(self, images: Sequence, square_pad: bool = True) -> torch.Tensor:
         """PIL images -> (B, 3, crop, crop) float32 pixels."""
         return torch.stack([self.one(image, square_pad) for image in images])
@@ -134,7 +124,7 @@ class Owl2ImageProcessor:
     def one(self, image, square_pad: bool = True) -> torch.Tensor:
         image = image.convert("RGB")
         if square_pad:
-            image = self.pad_to_square(image)
+            image = pad_to_square(image, self.image_mean)
         if self.do_resize:
             image = image.resize(self._resized_size(*image.size), resample=self.resample, reducing_gap=None)
         pixels = np.asarray(image)
