@@ -30,7 +30,8 @@ from agiqa.cli import main  # noqa: E402
 from agiqa.errors import AgiqaError  # noqa: E402
 from agiqa.models import create_model  # noqa: E402
 from agiqa.scoring.scorer import Scorer  # noqa: E402
-from agiqa.service.app import bound_malloc_arenas, create_app  # noqa: E402
+from agiqa.runtime import bound_malloc_arenas  # noqa: E402
+from agiqa.service.app import create_app  # noqa: E402
 from agiqa.service.batcher import MicroBatcher  # noqa: E402
 from agiqa.service.limits import ServiceLimits  # noqa: E402
 from agiqa.service.security import (Access, ClientLimits, KeyRing, check_exposure, client_address,  # noqa: E402

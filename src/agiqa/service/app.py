@@ -25,6 +25,7 @@ import numpy as np
 
 from agiqa.data.images import decode_image
 from agiqa.errors import AgiqaError, ImageLoadError, ImageTooLargeError
+from agiqa.runtime import bound_malloc_arenas
 from agiqa.scoring.heatmap import heatmap_image, png_base64
 from agiqa.scoring.scorer import Scorer
 from agiqa.service.batcher import ClientShareFull, MicroBatcher, QueueFull
@@ -362,27 +363,6 @@ def _serve(args) -> int:
     uvicorn.run(create_app(scorer, str(args.model), limits, access, freeze_gc=True), host=args.host, port=args.port,
                 proxy_headers=False)
     return 0
-
-
-MALLOC_ARENAS = 2
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def bound_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas (what MALLOC_ARENA_MAX does) unless the environment sets them.
-
-    Each decode thread otherwise gets an arena of its own (up to 8 per core) and every arena keeps the memory of
-    the largest images it decoded: the soak of docs/scoring.md ("Memory over a long run") grew 739 -> 1690 MB with
-    the default arenas, 739 -> 1088 MB and flat with 2, at the same speed. False where it does not apply (not
-    glibc, or MALLOC_ARENA_MAX is set)."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas) == 1
-    except (OSError, AttributeError):  # musl and others: no mallopt
-        return False
 
 
 def access_lines(args, access: Access, limits: ServiceLimits) -> list[str]:
