@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from agiqa.cli import main
+from tests.robustness._cli import one_error_line
 
 
 @pytest.fixture()
@@ -50,10 +51,7 @@ def test_user_mistake_is_one_line_and_exit_code_2(case, place, capsys, monkeypat
     argv, expected = MISTAKES[case]
     code = main([arg.format(t=place) for arg in argv])
     err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and expected in lines[0], err
+    assert expected in one_error_line(code, err), err
 
 
 def test_verbose_shows_the_traceback(place, capsys):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from agiqa.cli import main
+from tests.robustness._cli import one_error_line
 from agiqa.models import create_model
 
 
@@ -107,10 +108,7 @@ def _files(folder) -> set[str]:
 
 
 def _one_error_line(code: int, err: str, expected: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and expected in lines[0], err
+    assert expected in one_error_line(code, err), err
 
 
 @pytest.mark.parametrize("case", sorted(MISTAKES))

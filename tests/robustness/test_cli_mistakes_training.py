@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agiqa.cli import main
+from tests.robustness._cli import one_error_line
 from agiqa.data.synth import generate_synthetic
 from agiqa.models import create_model
 
@@ -108,10 +109,7 @@ def test_training_mistake_is_one_line_exit_code_2_and_writes_nothing(case, share
     argv, expected = MISTAKES[case]
     code = main([arg.format(t=place, s=shared) for arg in argv])
     err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and expected in lines[0], err
+    assert expected in one_error_line(code, err), err
     assert not (place / "o").exists(), "a refused command left an output folder behind"
 
 
