@@ -58,3 +58,32 @@ def test_precision_choice():
     assert resolve_precision("auto", cpu) in ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int8", cpu)
+
+
+# Flags as Linux lists them on the CPU kinds docs name (trimmed to what matters here).
+CPU_KINDS = {
+    "AMD EPYC Zen 3 (AVX2, no bf16)": ("fpu sse4_2 avx avx2 fma", "fp32"),
+    "AMD EPYC Zen 4 (AVX512-BF16)": ("fpu avx2 avx512f avx512_bf16", "bf16"),
+    "Intel Xeon Sapphire Rapids (AMX)": ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "bf16"),
+}
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+def test_auto_precision_on_each_cpu_kind_is_what_docs_say(kind, monkeypatch, tmp_path):
+    from agiqa import runtime
+    from agiqa.semantic.mplug_owl2 import default_precision
+
+    flags, expected = CPU_KINDS[kind]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(f"processor\t: {i}\nmodel name\t: {kind}\nflags\t\t: {flags}\n\n" for i in range(2)))
+    real_path = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    runtime.cpu_flags.cache_clear()
+    try:
+        assert runtime.cpu_flags() == frozenset(flags.split())
+        assert resolve_precision("auto", torch.device("cpu")) == expected
+        assert default_precision(torch.device("cpu")) == expected  # the mPLUG-Owl2 encoder's own default
+        assert runtime.cpu_has_amx() == ("amx_bf16" in flags)
+        assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    finally:
+        runtime.cpu_flags.cache_clear()

@@ -22,13 +22,24 @@ _TRIM_THRESHOLD = 2**30
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``avx2``, ``avx512_bf16``, ``amx_bf16`` ...); empty elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(word for line in lines if line.startswith("flags") for word in line.split(":", 1)[1].split())
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later): PyTorch's fused CPU attention then
+    runs its GEMMs on them too (see agiqa.models.maniqa.prefers_matmul_attention)."""
+    return "amx_bf16" in cpu_flags()
 
 
 @functools.lru_cache(maxsize=None)

@@ -387,13 +387,34 @@ def test_bf16_autocast_close_to_fp32():
     assert (low.float() - ref).abs().max() < 1e-2
 
 
-def test_attention_path_follows_precision_device_and_head_width():
+def test_attention_path_follows_precision_device_and_head_width(monkeypatch):
+    monkeypatch.setattr("agiqa.runtime.cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))  # Zen 4
     x32 = torch.zeros(2, 3)
     assert not prefers_matmul_attention(x32, head_dim=64)
     assert prefers_matmul_attention(x32.bfloat16(), head_dim=64) and prefers_matmul_attention(x32.half(), head_dim=784)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert prefers_matmul_attention(x32, head_dim=64)
     assert not prefers_matmul_attention(torch.zeros(2, 3, dtype=torch.bfloat16, device="meta"), head_dim=784)
+
+
+def test_amx_cpus_take_the_fused_kernel_for_narrow_bf16_heads(monkeypatch):
+    monkeypatch.setattr("agiqa.runtime.cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    x16 = torch.zeros(2, 3, dtype=torch.bfloat16)
+    assert not prefers_matmul_attention(x16, head_dim=64)  # ViT-B heads
+    assert prefers_matmul_attention(x16, head_dim=128) and prefers_matmul_attention(x16, head_dim=784)  # TAB
+    assert prefers_matmul_attention(x16.half(), head_dim=64)  # AMX-BF16 has no fp16 tiles
+
+
+def test_the_fused_amx_path_gives_the_matmul_scores(monkeypatch):
+    """Both attention paths compute the same bf16 scores (within bf16 rounding), whichever a CPU takes."""
+    model, x = tiny_model(), tiny_input(4)
+    scores = {}
+    for flags in ({"avx512_bf16"}, {"avx512_bf16", "amx_bf16"}):
+        monkeypatch.setattr("agiqa.runtime.cpu_flags", lambda flags=flags: frozenset(flags))
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            scores[len(flags)] = model(x)
+    assert not torch.equal(scores[1], scores[2])  # the two paths did run
+    assert (scores[1] - scores[2]).abs().max() < 1e-2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -423,6 +444,7 @@ def test_vit_attention_takes_the_matmul_path_only_in_low_precision_on_cpu(monkey
     import agiqa.models.maniqa as maniqa_module
     from timm.layers import Attention
 
+    monkeypatch.setattr("agiqa.runtime.cpu_flags", lambda: frozenset({"avx512_bf16"}))  # a CPU without AMX
     torch.manual_seed(0)
     ours = ManiqaViTAttention(16, num_heads=2, qkv_bias=True).eval()
     timm_attention = Attention(16, num_heads=2, qkv_bias=True).eval()

@@ -33,6 +33,7 @@ from agiqa.models._config import ModelConfig, check_hooked_vit
 from agiqa.models._hub import AgiqaHubMixin
 from agiqa.models._pretrained import PretrainedCfg
 from agiqa.models._registry import register_model
+from agiqa.runtime import cpu_has_amx
 
 __all__ = [
     "Maniqa",
@@ -49,6 +50,7 @@ __all__ = [
     "prefers_matmul_attention",
     "CPU_MICRO_BATCH_TOKENS",
     "FUSED_CUDA_ATTENTION_MAX_HEAD_DIM",
+    "FUSED_AMX_ATTENTION_MAX_HEAD_DIM",
     "load_official_checkpoint",
     "MA_AGIQA_ONLY_MODULES",
 ]
@@ -80,6 +82,10 @@ CPU_MICRO_BATCH_TOKENS = 1024
 
 # Widest attention head that SDPA's fused CUDA kernels (flash, cuDNN) take; wider heads use the math fallback.
 FUSED_CUDA_ATTENTION_MAX_HEAD_DIM = 256
+
+# Widest head for which SDPA's fused CPU kernel beats matmul_attention in bf16 on an AMX CPU (1 Xeon core, 785
+# tokens: 64-wide heads 1.19x faster fused; 128-wide 0.80x, 784-wide 0.78x).
+FUSED_AMX_ATTENTION_MAX_HEAD_DIM = 64
 
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks
@@ -124,12 +130,15 @@ class ManiqaTABlock(nn.Module):
 
 def prefers_matmul_attention(x: torch.Tensor, head_dim: int) -> bool:
     """True when attention on ``x`` with ``head_dim``-wide heads is faster as :func:`matmul_attention` than as SDPA:
-    in bf16/fp16 (native or under autocast) on CPU at any width, and on CUDA for heads wider than
+    in bf16/fp16 (native or under autocast) on CPU (in bf16 with AMX: for heads wider than
+    :data:`FUSED_AMX_ATTENTION_MAX_HEAD_DIM`; else at any width), and on CUDA for heads wider than
     :data:`FUSED_CUDA_ATTENTION_MAX_HEAD_DIM`.
 
-    On CPU, PyTorch's fused attention kernel is slow (~150 GFLOP/s for the ViT's 64-wide heads, ~190 for the TAB's one
-    784-wide head, against a ~410 GFLOP/s bf16 matmul peak on 2 Zen 4 cores); :func:`matmul_attention` runs the TAB at
-    ~330 GFLOP/s and MANIQA ~3 % faster with it in the ViT too. On CUDA the fused kernels take heads up to 256 wide;
+    Without AMX, PyTorch's fused CPU attention kernel is slow (~150 GFLOP/s for the ViT's 64-wide heads, ~190 for the
+    TAB's one 784-wide head, against a ~410 GFLOP/s bf16 matmul peak on 2 Zen 4 cores); :func:`matmul_attention`
+    runs the TAB at ~330 GFLOP/s and MANIQA ~3 % faster with it in the ViT too. With AMX the fused kernel's GEMMs run
+    on the tiles and its exponentials are cheaper than a separate softmax, which wins where the softmax dominates
+    (64-wide heads: bf16 MANIQA 12 % faster on 2 Xeon cores). On CUDA the fused kernels take heads up to 256 wide;
     for the TAB's 784-wide head SDPA falls back to its math path, which upcasts bf16/fp16 to fp32 and runs without
     tensor cores (H100: the TABs took 60 % of a bf16 MANIQA forward). In fp32 SDPA is kept everywhere.
     """
@@ -139,7 +148,10 @@ def prefers_matmul_attention(x: torch.Tensor, head_dim: int) -> bool:
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     if dtype not in (torch.bfloat16, torch.float16):
         return False
-    return device == "cpu" or head_dim > FUSED_CUDA_ATTENTION_MAX_HEAD_DIM
+    if device == "cuda":
+        return head_dim > FUSED_CUDA_ATTENTION_MAX_HEAD_DIM
+    fused_on_amx = dtype == torch.bfloat16 and head_dim <= FUSED_AMX_ATTENTION_MAX_HEAD_DIM and cpu_has_amx()
+    return not fused_on_amx
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -484,6 +496,9 @@ class Maniqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qualit
 
     config_class = ManiqaConfig
     input_names = ("image",)  # batch keys `forward` takes, in order (see agiqa.models.model_scores)
+    # Submodules that run under autocast at bf16/fp16 (the score heads run in fp32: `full_precision`); inference
+    # may keep their matmul weights in that dtype (agiqa.scoring.inference.keep_low_precision_weights).
+    low_precision_modules = ("vit", "tablock1", "conv1", "swintransformer1", "tablock2", "conv2", "swintransformer2")
 
     def __init__(self, config: ManiqaConfig | None = None):
         super().__init__()

@@ -388,6 +388,9 @@ class MoeAgiqa(nn.Module, AgiqaHubMixin, library_name="agiqa", tags=["image-qual
 
     config_class = MoeAgiqaConfig
     input_names = ("crops", "prompt_image", "input_ids", "attention_mask")
+    # Run under autocast at bf16/fp16 (the regressor runs in fp32: `full_precision`); see
+    # agiqa.scoring.inference.keep_low_precision_weights.
+    low_precision_modules = ("degradation_vit", "prior_vit", "blip")
     # The official scripts keep the epoch with the best *test* SRCC+PLCC (no validation split); reproduced only
     # under `--official-quirks`.
     official_selects_on_test = True

@@ -65,7 +65,9 @@ class Scorer:
                 _logger.info(source.note)
             model = source.model
         built = _build(model, pretrained, trust_remote_code)
-        self.model = prepare_model(built, device, compile=compile, compile_mode=compile_mode)
+        # A model built here keeps its autocast weights in the scoring precision; a module passed in is not recast.
+        self.model = prepare_model(built, device, compile=compile, compile_mode=compile_mode,
+                                   precision=None if isinstance(model, nn.Module) else precision)
         self.targets = model_targets(built)
         # Gate weights and per-expert scores come from the eager model; a compiled forward serves scores only.
         self.expert_names = [] if compile or compile_mode else expert_names(self.model)
