@@ -53,7 +53,7 @@ def _demo(args) -> int:
 
     check_demo_options(args.n, args.epochs, args.mismatch_rate)
     quiet_lightning(args.verbose)
-    from agiqa.training.reports import METRIC_KEYS, format_value
+    from agiqa.training.outputs import METRIC_KEYS, format_value
 
     results = run_demo(args.out, n=args.n, seed=args.seed, epochs=args.epochs, encoder=args.encoder,
                        trust_remote_code=args.trust_remote_code, progress=not args.quiet,

@@ -1,5 +1,7 @@
-"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed), each saved as
-one PNG of `SIZE` pixels; every function takes the PNG's path last."""
+"""Every figure agiqa draws, with matplotlib's object API (no pyplot state, no display needed), each saved as one
+PNG; every function takes the PNG's path last. A run's own (`training.outputs`): `prediction_scatter` and
+`training_curves`; the report's (`agiqa report`, `SIZE` pixels each): `scatter_with_fit`, `error_density`,
+`group_bars`, `gate_distribution`, `gate_by_group` and `score_histogram`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,20 +12,48 @@ import pandas as pd
 from agiqa.metrics import logistic4, logistic_fit
 
 DPI = 100
-SIZE = (800, 480)  # pixels of every figure
+SIZE = (800, 480)  # pixels of every figure of the report
 
 
-def _figure():
+def _figure(size: tuple[int, int] = SIZE, columns: int = 1):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(SIZE[0] / DPI, SIZE[1] / DPI), dpi=DPI)
-    return figure, figure.subplots()
+    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    return figure, figure.subplots(1, columns)
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure, path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
-    return path
+    return Path(path)
+
+
+def prediction_scatter(table: pd.DataFrame, title: str, path: str | Path) -> Path:
+    """A run's scatter.png: prediction vs MOS (one target's `mos`, `prediction` columns), coloured by generator."""
+    figure, ax = _figure((500, 500))
+    for generator, group in table.groupby("generator", sort=True):
+        ax.scatter(group["mos"], group["prediction"], s=10, alpha=0.7, label=str(generator) or "unknown")
+    ax.set_xlabel("MOS")
+    ax.set_ylabel("prediction")
+    ax.set_title(title)
+    if table["generator"].nunique() <= 15:
+        ax.legend(fontsize=7, markerscale=1.5)
+    return _save(figure, path)
+
+
+def training_curves(train: pd.DataFrame, val: pd.DataFrame, path: str | Path) -> Path:
+    """A run's training_curves.png: training loss per step (rows of `train`) and validation SRCC / PLCC per epoch
+    (rows of `val`), from Lightning's CSV log."""
+    figure, (loss_ax, corr_ax) = _figure((900, 350), columns=2)
+    if not train.empty:
+        loss_ax.plot(train["step"], train["train/loss"], lw=1)
+    loss_ax.set(xlabel="step", ylabel="training loss", title="training")
+    for key in ("val/srcc", "val/plcc"):
+        if not val.empty:
+            corr_ax.plot(val["epoch"], val[key], marker="o", ms=3, label=key.split("/")[1].upper())
+    corr_ax.set(xlabel="epoch", ylabel="correlation", title="validation")
+    corr_ax.legend()
+    return _save(figure, path)
 
 
 def scatter_with_fit(table: pd.DataFrame, metrics: dict, title: str, path: Path) -> Path:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from agiqa.cli import main
 from agiqa.metrics import compute_metrics
-from agiqa.report.figures import SIZE
+from agiqa.figures import SIZE
 from agiqa.report.runs import load_runs
 from agiqa.report.tables import error_histogram, group_metrics
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from agiqa.metrics import compute_metrics
-from agiqa.report import figures, gallery, tables
+from agiqa import figures
+from agiqa.report import gallery, tables
 from agiqa.report.runs import Run
 
 MAX_ROWS = 50  # rows of a best-of-N table shown in the page (the CSV beside it has them all)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from agiqa.errors import AgiqaError
-from agiqa.training.reports import prediction_targets
+from agiqa.training.outputs import prediction_targets
 
 SCORE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 

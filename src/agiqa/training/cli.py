@@ -61,7 +61,7 @@ def _train(args) -> int:
 
 
 def _print_overall(metrics: dict, out_dir) -> None:
-    from agiqa.training.reports import METRIC_KEYS, format_value
+    from agiqa.training.outputs import METRIC_KEYS, format_value
 
     parts = metrics.get("per_target") or {"": metrics["overall"]}
     for target, values in parts.items():

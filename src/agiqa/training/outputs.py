@@ -1,4 +1,5 @@
-"""Evaluation outputs: predictions CSV, metrics JSON (overall + per generator), markdown report, scatter plot."""
+"""What a run writes (`agiqa train`, `agiqa evaluate`): predictions CSV, metrics JSON (overall + per generator),
+markdown report, scatter plot and training curves (drawn by `agiqa.figures`)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agiqa import figures
 from agiqa.metrics import compute_metrics
 
 METRIC_KEYS = ("srcc", "plcc", "krcc", "rmse")
@@ -18,7 +20,7 @@ def predictions_frame(frame: pd.DataFrame, rows, predictions, extra: dict | None
     """One row per scored image: name, path, generator, prompt, the dataset's prompt attributes (if any), MOS,
     prediction, then `extra` columns (per-expert gates and scores).
 
-    A multi-target frame (`frame.attrs["targets"]`, see `training.datamodule.load_frame`) takes (n, T)
+    A multi-target frame (`frame.attrs["targets"]`, see `training.resolve.load_frame`) takes (n, T)
     predictions and gets `mos_<target>`, `prediction_<target>` column pairs instead of `mos`, `prediction`.
     """
     picked = frame.iloc[list(rows)]
@@ -58,6 +60,14 @@ def prediction_targets(predictions: pd.DataFrame) -> list[str]:
     return [column[len("prediction_"):] for column in predictions.columns if column.startswith("prediction_")]
 
 
+def first_target(predictions: pd.DataFrame) -> pd.DataFrame:
+    """A multi-target table with its first target's columns also as `mos`, `prediction`; one target's as it is."""
+    targets = prediction_targets(predictions)
+    if not targets:
+        return predictions
+    return predictions.assign(mos=predictions[f"mos_{targets[0]}"], prediction=predictions[f"prediction_{targets[0]}"])
+
+
 def evaluation_metrics(predictions: pd.DataFrame, min_group: int = 5) -> dict:
     """Overall metrics plus one entry per generator with at least `min_group` images.
 
@@ -66,9 +76,7 @@ def evaluation_metrics(predictions: pd.DataFrame, min_group: int = 5) -> dict:
     """
     targets = prediction_targets(predictions)
     if targets:
-        first = predictions.assign(mos=predictions[f"mos_{targets[0]}"],
-                                   prediction=predictions[f"prediction_{targets[0]}"])
-        result = evaluation_metrics(first, min_group)
+        result = evaluation_metrics(first_target(predictions), min_group)
         result["per_target"] = {target: _clean(compute_metrics(predictions[f"prediction_{target}"],
                                                                predictions[f"mos_{target}"])) for target in targets}
         return result
@@ -118,50 +126,7 @@ def training_curves_plot(metrics_csv: str | Path, path: str | Path) -> Path | No
     train = log.dropna(subset=["train/loss"]) if "train/loss" in log else log.iloc[0:0]
     if val.empty and train.empty:
         return None
-    plt = _pyplot()
-    fig, (loss_ax, corr_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
-    if not train.empty:
-        loss_ax.plot(train["step"], train["train/loss"], lw=1)
-    loss_ax.set(xlabel="step", ylabel="training loss", title="training")
-    for key in ("val/srcc", "val/plcc"):
-        if not val.empty:
-            corr_ax.plot(val["epoch"], val[key], marker="o", ms=3, label=key.split("/")[1].upper())
-    corr_ax.set(xlabel="epoch", ylabel="correlation", title="validation")
-    corr_ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def scatter_plot(predictions: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Prediction vs MOS scatter, coloured by generator (the first target's for a multi-target table)."""
-    targets = prediction_targets(predictions)
-    if targets:
-        predictions = predictions.assign(mos=predictions[f"mos_{targets[0]}"],
-                                         prediction=predictions[f"prediction_{targets[0]}"])
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for generator, group in predictions.groupby("generator", sort=True):
-        ax.scatter(group["mos"], group["prediction"], s=10, alpha=0.7, label=str(generator) or "unknown")
-    ax.set_xlabel("MOS")
-    ax.set_ylabel("prediction")
-    ax.set_title(title)
-    if predictions["generator"].nunique() <= 15:
-        ax.legend(fontsize=7, markerscale=1.5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return figures.training_curves(train, val, path)
 
 
 def write_evaluation(predictions: pd.DataFrame, out_dir: str | Path, title: str = "Test results") -> dict:
@@ -172,5 +137,5 @@ def write_evaluation(predictions: pd.DataFrame, out_dir: str | Path, title: str 
     metrics = evaluation_metrics(predictions)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.md").write_text(metrics_markdown(metrics, title))
-    scatter_plot(predictions, out / "scatter.png", title)
+    figures.prediction_scatter(first_target(predictions), title, out / "scatter.png")
     return metrics

@@ -31,7 +31,7 @@ from agiqa.models._factory import model_targets, saved_config
 from agiqa.training.datamodule import AGIQADataModule, check_data_root, load_frame, multi_targets, split_frame
 from agiqa.models import model_scores, needs_semantic, saved_architecture
 from agiqa.training.module import IQAModule
-from agiqa.training.reports import predictions_frame, training_curves_plot, write_evaluation
+from agiqa.training.outputs import predictions_frame, training_curves_plot, write_evaluation
 
 _logger = logging.getLogger(__name__)
 
