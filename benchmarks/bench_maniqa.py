@@ -17,6 +17,7 @@ a busy spell on a shared machine lowers neither side of the ratio alone; the med
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -39,6 +40,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def cpu_features() -> str:
+    """The CPU flags that decide precision and kernels (``agiqa.runtime.cpu_flags``), for the header line."""
+    from agiqa.runtime import cpu_flags
+
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join(flag for flag in wanted if flag in cpu_flags()) or "none of " + "/".join(wanted)
 
 
 def _rss_bytes() -> int:
@@ -167,7 +176,8 @@ def run(args) -> None:
     flops = count_flops(base, base.normalize(x1))
     extra = official_extra_flops(base, base.normalize(x1))
     print(f"device: {device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
+          f"CPU flags: {cpu_features()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load avg {os.getloadavg()[0]:.2f}")
     print(f"model: {name} {size}px; counted GFLOP/image: needed {flops / 1e9:.1f}, official forward "
           f"{(flops + extra) / 1e9:.1f} (dead work skipped: {extra / 1e9:.1f})")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (n={peak_n}); 'mm now' = the row's own-precision matmul peak, "
@@ -184,7 +194,9 @@ def run(args) -> None:
     reference = {}
     for precision_arg, compiled in variants:
         precision = resolve_precision(precision_arg, device)
-        model = prepare_model(base, device=device, compile=compiled, compile_mode=args.compile_mode)
+        # As the Scorer prepares it: bf16 / fp16 keep the trunk's matmul weights in that dtype (a copy each).
+        model = prepare_model(copy.deepcopy(base), device=device, compile=compiled, compile_mode=args.compile_mode,
+                              precision=precision)
         for batch in args.batch:
             x = inputs[batch].to(device)
             peak_probe = MatmulPeak(device, peak_n, dtype=torch_dtype(precision))

@@ -9,7 +9,8 @@ matmul peak, and what cutting the degradation ViT after its last hooked block sa
 ImageNet weights, the offline ``synth`` tokenizer; prompts are padded to 35 tokens, so their words change no cost).
 ``--size tiny`` is ``test_moe_agiqa``. Inputs: 512 x 512 noise images through ``model.processor(num_crops=K)``
 (K seeded 224 px crops, the prompt image, tokens); "prep" is the processor's time, every other time is
-``model(**batch)`` alone, in eval mode under ``torch.inference_mode()`` (+ autocast for bf16 / fp16). Times are the
+``model(**batch)`` alone, in eval mode under ``torch.inference_mode()`` (+ autocast for bf16 / fp16; the model prepared
+as the Scorer prepares it: in bf16 / fp16 its trunk's matmul weights are kept in that dtype). Times are the
 best of ``--iters`` runs after ``--warmup`` (median too).
 
 Cost per image = BLIP semantic branch (ViT-L/16 on the prompt image + BERT text encoder: once per image) + K x
@@ -31,6 +32,7 @@ printed at the start, per row and at the end: other processes sharing the CPU lo
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -44,7 +46,7 @@ from PIL import Image
 from torch import nn
 
 from bench_maniqa import (MatmulPeak, PeakMemory, _release_cpu_memory, _sync, add_machine_arguments, count_flops,
-                          cpu_name, matmul_n)
+                          cpu_features, cpu_name, matmul_n)
 from agiqa.data.synth import prompt_vocabulary
 from agiqa.models import create_model
 from agiqa.models.maniqa import ManiqaViTAttention
@@ -132,6 +134,12 @@ def g(x: float) -> str:
     return f"{x:.4g}"
 
 
+def as_scored(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """A copy of ``model`` prepared as the Scorer prepares it for ``precision`` (bf16 / fp16: trunk weights kept in
+    that dtype)."""
+    return prepare_model(copy.deepcopy(model), device=device, precision=precision)
+
+
 def load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -161,7 +169,8 @@ def run(args) -> None:
     one = inputs(1, 1)
     flops = branch_flops(model, one)
     print(f"device: {device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg (1/5/15 min) {load()}")
+          f"CPU flags: {cpu_features()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load avg (1/5/15 min) {load()}")
     print(f"model: {name} (random weights, built in {built:.1f} s), crops {c.img_size}px, prompt image "
           f"{c.blip_image_size}px, {c.max_prompt_tokens} prompt tokens; fp32 matmul peak {peak:.1f} GFLOP/s "
           f"(n={peak_n})")
@@ -181,6 +190,7 @@ def run(args) -> None:
     for precision_arg in args.precision:
         precision = resolve_precision(precision_arg, device)
         label = precision if precision == precision_arg else f"{precision_arg}={precision}"
+        scorer_model = as_scored(model, precision, device)
         for crops in args.crops:
             for batch_size in args.batch:
                 start = time.perf_counter()
@@ -190,7 +200,8 @@ def run(args) -> None:
                 probe.sample(repeats=3)
                 _release_cpu_memory()
                 with torch.inference_mode(), autocast(precision, device), PeakMemory(device) as mem:
-                    times, cpu = timed({"model": lambda: model(**batch)}, args.iters, args.warmup, probe, device)
+                    times, cpu = timed({"model": lambda: scorer_model(**batch)}, args.iters, args.warmup, probe,
+                                       device)
                 times = times["model"]
                 best = min(times) / batch_size
                 seconds_per_image[precision_arg, crops, batch_size] = best
@@ -214,11 +225,14 @@ def run(args) -> None:
         label = precision if precision == precision_arg else f"{precision_arg}={precision}"
         batch = inputs(crops, 1)
         flat = batch["crops"].flatten(0, 1)
+        scorer_model = as_scored(model, precision, device)
         probe = MatmulPeak(device, peak_n, dtype=torch_dtype(precision))
         probe.sample(repeats=3)
         with torch.inference_mode(), autocast(precision, device):
-            times, cpu = timed({"pruned": lambda: model.forward_degradation(flat), "official": lambda: official(flat),
-                                "whole model": lambda: model(**batch)}, args.iters, args.warmup, probe, device)
+            # pruned and official share weights (fp32, cast by autocast): the pair differs by the pruning alone
+            times, cpu = timed({"pruned": lambda: model.forward_degradation(flat),
+                                "official": lambda: official(flat), "whole model": lambda: scorer_model(**batch)},
+                               args.iters, args.warmup, probe, device)
             diff = (model.forward_degradation(flat).float() - official(flat).float()).abs().max().item()
         for forward, counted in (("pruned", cut), ("official", whole), ("whole model", per_image(flops, crops))):
             best = min(times[forward])
