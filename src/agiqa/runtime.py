@@ -36,6 +36,7 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+@torch.compiler.assume_constant_result  # torch.compile bakes the answer in instead of tracing the file read
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later): PyTorch's fused CPU attention then
     runs its GEMMs on them too (see agiqa.models.maniqa.prefers_matmul_attention)."""
