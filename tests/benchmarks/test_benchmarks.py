@@ -77,3 +77,13 @@ def test_bench_levels_prints_each_path_beside_feature_extraction(capsys):
                                              "zero-shot score"]
     assert rows[0]["vs_features"] == 1 and all(row["images_per_s"] > 0 for row in rows)
     assert "zero-shot score" in capsys.readouterr().out
+
+
+def test_maniqa_profile_splits_the_forward_into_kinds_of_work(capsys, monkeypatch):
+    load_script("maniqa_profile", monkeypatch).main(["--size", "tiny", "--threads", "1", "--precision", "bf16",
+                                              "--matmul-n", "128", "--iters", "2"])
+    out = capsys.readouterr().out
+    shares = {kind: float(share) for kind, share in re.findall(r"^\| ([^|]+?) \| ([\d.]+) % \|$", out, re.M)}
+    assert {"GEMM / conv", "fused attention", "conversions / copies", "norms", "GELU", "other"} <= set(shares)
+    assert abs(sum(shares.values()) - 100) < 0.5 and shares["GEMM / conv"] > 0
+    assert re.search(r"GEMM rate .*: \d+ GFLOP/s = \d+ % of the matmul peak", out)
