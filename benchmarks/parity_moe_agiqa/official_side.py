@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MIRROR = Path(sys.argv[1])
-OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/moe_parity")
+MIRROR, OUT = None, Path("/tmp/moe_parity")  # set by main() (or by bench_official.py) before anything runs
 B, K, T = 2, 3, 35
 WANTED = {"exists", "default", "get_vit_feature", "SaveOutput", "CrossAttention", "Projection", "IQARegression"}
 ALLOWED_IMPORTS = {"torch", "torch.nn", "torch.nn.functional", "einops", "inspect"}
@@ -134,7 +133,9 @@ def official_save(reward, regressor, path):
                 "scheduler_state_dict": scheduler.state_dict(), "loss": np.mean([0.1, 0.2])}, path)
 
 
-def main():
+def build_official():
+    """Both official regressors, the two timm ViTs (hooks on the degradation ViT's blocks), the prior head and
+    ImageReward, with the parity weights (seeded: the same weights on every run). Needs the old stack."""
     import timm
     import transformers
     from timm.models.vision_transformer import Block
@@ -167,6 +168,27 @@ def main():
     for layer in vit.modules():  # init_saveoutput
         if isinstance(layer, Block):
             layer.register_forward_hook(save_output)
+    return types.SimpleNamespace(vit=vit, vit_prior=vit_prior, prior_head=prior_head, reward=reward,
+                                 regressor2=regressor2, regressor1=regressor1, save_output=save_output, v2=v2, v1=v1,
+                                 versions={"torch": torch.__version__, "timm": timm.__version__,
+                                           "transformers": transformers.__version__})
+
+
+def save_official_files(m, out: Path):
+    """best.pth (v2, save_model of train_3k_v2.py), prior.pth (save_model of pretrain.py), degradation_vit.pth."""
+    official_save(m.reward, m.regressor2, out / "best.pth")
+    torch.save({"epoch": 0, "vit_model_state_dict": m.vit_prior.state_dict(),  # pretrain.py save_model
+                "regressor_model_state_dict": m.prior_head.state_dict(), "loss": np.mean([0.1, 0.2])},
+               out / "prior.pth")
+    torch.save(m.vit.state_dict(), out / "degradation_vit.pth")
+
+
+def main():
+    global MIRROR, OUT
+    MIRROR, OUT = Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/moe_parity")
+    m = build_official()
+    vit, vit_prior, reward, regressor2, regressor1, save_output, v2, v1 = (
+        m.vit, m.vit_prior, m.reward, m.regressor2, m.regressor1, m.save_output, m.v2, m.v1)
 
     g = torch.Generator().manual_seed(2)
     mask = torch.zeros(B, T, dtype=torch.long)
@@ -182,16 +204,10 @@ def main():
     out1 = official_eval(vit, None, reward, regressor1, save_output, v1.get_vit_feature, inp)
     print("official v2 scores", out2["scores"].tolist(), "\nofficial v1 scores", out1["scores"].tolist())
 
-    official_save(reward, regressor2, OUT / "best.pth")
+    save_official_files(m, OUT)
     official_save(reward, regressor1, OUT / "best_v1.pth")
-    torch.save({"epoch": 0, "vit_model_state_dict": vit_prior.state_dict(),  # pretrain.py save_model
-                "regressor_model_state_dict": prior_head.state_dict(), "loss": np.mean([0.1, 0.2])},
-               OUT / "prior.pth")
-    torch.save(vit.state_dict(), OUT / "degradation_vit.pth")
     torch.save(inp, OUT / "inputs.pt")
-    torch.save({"v2": out2, "v1": out1, "versions": {"torch": torch.__version__, "timm": timm.__version__,
-                                                      "transformers": transformers.__version__}},
-               OUT / "official_scores.pt")
+    torch.save({"v2": out2, "v1": out1, "versions": m.versions}, OUT / "official_scores.pt")
     print("wrote", sorted(p.name for p in OUT.iterdir()))
 
 
