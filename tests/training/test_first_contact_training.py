@@ -17,7 +17,8 @@ from agiqa.data import load_dataset
 from agiqa.errors import AgiqaError
 from agiqa.models import create_model
 from agiqa.models._card import MOS_DISTRIBUTION_FILE
-from agiqa.training.run import recorded_precision, training_mos_distribution
+from agiqa.training.resolve import recorded_precision
+from agiqa.training.run import training_mos_distribution
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss \d+\.\d{4}  val SRCC -?\d\.\d{4}  elapsed \S+( \S+)?  "
                         r"ETA \S+( \S+)?$")

@@ -16,6 +16,7 @@ from agiqa.data.synth import generate_synthetic
 from agiqa.models import create_model
 from agiqa.training.config import TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
+from agiqa.training.resolve import resolve_experiment
 from agiqa.training.run import processing, train
 
 
@@ -39,7 +40,7 @@ def moe_config(root, out, **kwargs) -> TrainConfig:
 def test_samples_carry_crops_prompt_image_and_tokens_and_eval_crops_repeat(synth_root, tmp_path):
     config = moe_config(synth_root, tmp_path)
     model = create_model("test_moe_agiqa", train_crops=2, test_crops=3)
-    datamodule = AGIQADataModule(config.data, seed=0, **processing(model))
+    datamodule = AGIQADataModule(resolve_experiment(config), **processing(model))  # trainer.seed 0
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["crops"].shape == (8, 2, 3, 32, 32) and batch["prompt_image"].shape == (8, 3, 224, 224)[:2] + (32, 32)

@@ -15,8 +15,9 @@ from agiqa.data.transforms import normalize, resize_image
 from agiqa.errors import ConfigError
 from agiqa.metrics import compute_metrics
 from agiqa.models import create_model
-from agiqa.training.config import DataSection, TrainConfig, target_names
-from agiqa.training.datamodule import AGIQADataModule, resolve_targets
+from agiqa.training.config import DataSection, TrainConfig
+from agiqa.training.datamodule import AGIQADataModule
+from agiqa.training.resolve import resolve_experiment, resolve_targets, target_names
 from agiqa.training.run import build_module, train
 
 TARGETS = ["quality", "alignment"]
@@ -70,16 +71,17 @@ def test_malformed_target_lists_are_refused(target, message):
 
 def test_target_weights_must_name_the_run_s_targets(synth_root, tmp_path):
     with pytest.raises(ConfigError, match="optim.target_weights names colour"):
-        build_module(multi_config(synth_root, tmp_path, target_weights={"colour": 1.0}))
+        build_module(resolve_experiment(multi_config(synth_root, tmp_path, target_weights={"colour": 1.0})))
     with pytest.raises(ConfigError, match="multi-target runs"):
-        build_module(multi_config(synth_root, tmp_path, target="quality", target_weights={"quality": 2.0}))
+        build_module(resolve_experiment(multi_config(synth_root, tmp_path, target="quality",
+                                                     target_weights={"quality": 2.0})))
     with pytest.raises(ConfigError, match="single output"):
-        build_module(TrainConfig.from_dict({**multi_config(synth_root, tmp_path).to_dict(),
-                                            "model": {"name": "test_maniqa"}}))
+        build_module(resolve_experiment(TrainConfig.from_dict({**multi_config(synth_root, tmp_path).to_dict(),
+                                                               "model": {"name": "test_maniqa"}})))
 
 
 def test_batches_carry_one_mos_column_per_target(synth_root, tmp_path):
-    datamodule = AGIQADataModule(multi_config(synth_root, tmp_path).data)
+    datamodule = AGIQADataModule(resolve_experiment(multi_config(synth_root, tmp_path)))
     datamodule.setup("fit")
     batch = next(iter(datamodule.val_dataloader()))
     labels = pd.read_csv(synth_root / "data.csv")
@@ -89,7 +91,8 @@ def test_batches_carry_one_mos_column_per_target(synth_root, tmp_path):
 
 
 def test_weighted_loss_is_the_weighted_sum_of_per_target_losses(synth_root, tmp_path):
-    module = build_module(multi_config(synth_root, tmp_path, loss="l1", target_weights={"alignment": 0.25}))
+    module = build_module(resolve_experiment(multi_config(synth_root, tmp_path, loss="l1",
+                                                          target_weights={"alignment": 0.25})))
     prediction, mos = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[2.0, 0.0], [3.0, 0.0]])
     assert float(module.weighted_loss(module.target_losses(prediction, mos))) == pytest.approx(0.5 + 0.25 * 3.0)
 

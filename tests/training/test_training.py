@@ -13,7 +13,8 @@ from agiqa.semantic.cache import FeatureCache, feature_key, sha256_file
 from agiqa.semantic.official import official_fingerprint
 from agiqa.training.config import TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
-from agiqa.training.run import inference_precision, train
+from agiqa.training.resolve import inference_precision, resolve_experiment
+from agiqa.training.run import train
 
 N_IMAGES = 60
 METRIC_KEYS = {"srcc", "plcc", "krcc", "rmse", "plcc_raw", "rmse_raw", "n"}
@@ -44,7 +45,7 @@ def tiny_config(root, out, **sections) -> TrainConfig:
 
 def test_datamodule_never_leaks_test_images_into_train_or_val(synth_root, tmp_path):
     config = tiny_config(synth_root, tmp_path)
-    datamodule = AGIQADataModule(config.data)
+    datamodule = AGIQADataModule(resolve_experiment(config))
     datamodule.setup("fit")
     split = datamodule.fit_data.split
     seen = {part: {int(r) for batch in loader for r in batch["row"]} for part, loader in (

@@ -238,26 +238,6 @@ def _checked(value, hint, where: str):
     raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
-ALL_TARGETS = "all"
-
-
-def target_names(target: str | list | None) -> list[str] | None:
-    """`data.target` as a list of names: None stays None (the dataset's default), "a,b" and ["a", "b"] give
-    ["a", "b"], "all" gives ["all"] (expanded by the data layer); a `ConfigError` for empty or repeated names."""
-    if target is None:
-        return None
-    names = target.split(",") if isinstance(target, str) else [str(name) for name in target]
-    names = [name.strip() for name in names]
-    if not names or "" in names:
-        raise ConfigError(f"data.target has an empty target name: {target!r}")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ConfigError(f"data.target names {', '.join(repeated)} more than once")
-    if ALL_TARGETS in names and len(names) > 1:
-        raise ConfigError(f'data.target "all" cannot be combined with other targets: {target!r}')
-    return names
-
-
 def apply_override(data: dict, override: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML) to a nested dict in place."""
     if "=" not in override:

@@ -1,4 +1,5 @@
-"""Data for training and evaluation: label file → split → images decoded and resized once → batches."""
+"""Data for training and evaluation: a resolved experiment's labels and splits (`training.resolve`) → images decoded
+and resized once (+ semantic features) → batches."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +13,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from agiqa.errors import ConfigError, DatasetValidationError, ImageLoadError
+from agiqa.errors import DatasetValidationError, ImageLoadError
 from agiqa.data.transforms import augment, normalize, resize_image
-from agiqa.training.config import ALL_TARGETS, DataSection, target_names
-
-SPLIT_PARTS = ("train", "val", "test")
+from agiqa.training.config import DataSection
+from agiqa.training.resolve import Experiment, ResolvedData
 
 
 def decode_images(paths: list[str], size: int, cache_dir: str | None = None) -> torch.Tensor:
@@ -142,159 +142,53 @@ class LoadedData:
     semantic: torch.Tensor | None = None
 
 
-def resolve_targets(config: DataSection) -> list[str] | None:
-    """The targets `data.target` asks for, checked against the dataset: None for the dataset's default target,
-    else the names ("all" expands to every target the dataset declares; for a plain CSV, the `score_col` columns).
-
-    A `ConfigError` names an unknown target and the targets the dataset has.
-    """
-    from agiqa.data.datasets import GENERIC, get_dataset_info
-
-    names = target_names(config.target)
-    if names is None:
-        return None
-    if config.dataset == GENERIC:
-        declared = [column.strip() for column in (config.score_col or "mos").split(",")]
-        return declared if names == [ALL_TARGETS] else names
-    declared = list(get_dataset_info(config.dataset).targets)
-    if names == [ALL_TARGETS]:
-        return declared
-    for name in names:
-        if name not in declared:
-            raise ConfigError(f"data.target: {config.dataset} has no target {name!r}; its targets: "
-                              f"{', '.join(declared)}")
-    return names
-
-
-def multi_targets(config: DataSection) -> list[str] | None:
-    """The targets of a multi-target run (two or more), or None for a single-target one."""
-    targets = resolve_targets(config)
-    return targets if targets is not None and len(targets) > 1 else None
-
-
-def load_frame(config: DataSection) -> pd.DataFrame:
-    """The dataset's label frame (columns name, path, prompt, mos, generator), validated.
-
-    Multi-target runs add one `mos_<target>` column per target (`mos` stays the first target's) and
-    `frame.attrs["targets"]`.
-    """
-    from agiqa.data import load_dataset
-
-    targets = multi_targets(config)
-    if targets is None:
-        return load_dataset(config.dataset, config.root, **_reader_options(config, _single_target(config)))
-    frames = [load_dataset(config.dataset, config.root, **_reader_options(config, target)) for target in targets]
-    frame = frames[0].copy()
-    for target, target_frame in zip(targets, frames):
-        frame[f"mos_{target}"] = target_frame["mos"].to_numpy()
-    frame.attrs["targets"] = targets
-    return frame
-
-
-def check_data_root(config: DataSection) -> None:
-    """Fail fast, before any model is built, when the configured dataset has no label file (or an unknown target
-    is asked for)."""
-    from agiqa.data.datasets import check_label_file
-
-    target = (multi_targets(config) or [_single_target(config)])[0]
-    check_label_file(config.dataset, config.root, **_reader_options(config, target))
-
-
-def _single_target(config: DataSection) -> str | None:
-    """`data.target` of a single-target run as the one name the dataset reader takes (None: its default)."""
-    targets = resolve_targets(config)
-    return targets[0] if targets else None
-
-
-def _reader_options(config: DataSection, target: str | None) -> dict:
-    """Dataset-reader arguments for one target: a benchmark's target, or a plain CSV's score column (None: the
-    dataset's default, as configured)."""
-    from agiqa.data.datasets import GENERIC
-
-    if target is None:
-        return {"target": None, **_dataset_options(config)}
-    if config.dataset == GENERIC:
-        return {**_dataset_options(config), "score_col": target}
-    return {"target": target, **_dataset_options(config)}
-
-
-def _dataset_options(config: DataSection) -> dict:
-    options = dict(csv=config.csv, image_col=config.image_col, score_col=config.score_col, prompt_col=config.prompt_col)
-    return {key: value for key, value in options.items() if value is not None}
-
-
-def target_mos(frame: pd.DataFrame) -> torch.Tensor:
-    """MOS as float32: (N,) for one target, (N, T) in `frame.attrs["targets"]` order for several."""
-    targets = frame.attrs.get("targets")
-    columns = [f"mos_{target}" for target in targets] if targets else "mos"
-    return torch.tensor(frame[columns].to_numpy(), dtype=torch.float32)
-
-
-def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split"):
-    """The configured split of `frame`; `subset="all"` puts every row in `test` (cross-dataset testing)."""
-    from agiqa.data.splits import Split, make_split
-
-    if subset == "all":
-        return Split(train=[], val=[], test=list(range(len(frame))), method="all", seed=None,
-                     dataset=config.dataset, n=len(frame))
-    if config.split_file:
-        split = Split.from_json(config.split_file)
-        split.validate(len(frame))
-        return split
-    return make_split(frame, method=config.split_method, seed=config.split_seed, k=config.k, fold=config.fold)
-
-
-def load_data(config: DataSection, needs_semantic: bool, subset: str = "split", decode: bool = True) -> LoadedData:
-    frame = load_frame(config)
-    split = split_frame(config, frame, subset)
-    check_disjoint(split)
-    paths = list(frame["path"])
-    images = decode_images(paths, config.image_size, config.image_cache) if decode else None
-    mos = target_mos(frame)
-    semantic = read_features(config, frame) if needs_semantic else None
-    return LoadedData(frame, split, images, mos, semantic)
-
-
 class AGIQADataModule(L.LightningDataModule):
-    """Dataset + split + cached images (+ semantic features) for `IQAModule`.
+    """An experiment's datasets (`training.resolve.Experiment`: labels, splits, MOS) with cached images (+ semantic
+    features) for `IQAModule`.
 
-    `prepare_data` validates the label files and extracts missing semantic features (one process); `setup` reads
-    labels, makes the split and decodes images in every process. The split is by row index and `check_disjoint`
-    guarantees no test row is trained on. `test_config` (another dataset) gives cross-dataset testing.
-    With a `processor` (a model's own preprocessing, see `ProcessedSamples`) images are decoded per sample instead,
-    with `train_crops` / `test_crops` crops per image. Models fed semantic features only (`needs_images=False`, a
-    zero-shot VLM) get no decoded images.
+    `prepare_data` extracts missing semantic features (one process); `setup` decodes images and reads features in
+    every process. The split is by row index and was checked disjoint when resolved, so no test row is trained on;
+    a cross-dataset experiment tests on its `test` dataset. With a `processor` (a model's own preprocessing, see
+    `ProcessedSamples`) images are decoded per sample instead, with `train_crops` / `test_crops` crops per image.
+    Models fed semantic features only (`needs_images=False`, a zero-shot VLM) get no decoded images.
     """
 
-    def __init__(self, config: DataSection, needs_semantic: bool = False, official_quirks: bool = False,
-                 seed: int = 20, test_config: DataSection | None = None, test_subset: str = "split",
-                 processor=None, train_crops: int = 1, test_crops: int = 1, select_on_test: bool = False,
-                 needs_images: bool = True):
+    def __init__(self, experiment: Experiment, needs_semantic: bool = False, processor=None, train_crops: int = 1,
+                 test_crops: int = 1, select_on_test: bool = False, needs_images: bool = True):
         super().__init__()
-        self.config = config
+        self.experiment = experiment
+        self.config = experiment.data.section
         self.needs_semantic, self.needs_images = needs_semantic, needs_images
-        self.official_quirks = official_quirks
-        self.seed = seed
-        self.test_config = test_config
-        self.test_subset = test_subset
+        self.official_quirks = experiment.config.official_quirks
+        self.seed = experiment.config.trainer.seed
         self.processor, self.train_crops, self.test_crops = processor, train_crops, test_crops
         self.select_on_test = select_on_test  # an official quirk: "validation" runs on the test part
         self.fit_data: LoadedData | None = None
         self.test_data: LoadedData | None = None
 
     def prepare_data(self) -> None:
-        for config in filter(None, (self.config, self.test_config)):
-            frame = load_frame(config)
-            if self.needs_semantic:
-                ensure_features(config, frame)
+        if self.needs_semantic:
+            for data in self.datasets():
+                ensure_features(data.section, data.frame)
 
     def setup(self, stage: str | None = None) -> None:
-        decode = self.processor is None and self.needs_images
         if self.fit_data is None:
-            self.fit_data = load_data(self.config, self.needs_semantic, decode=decode)
+            self.fit_data = self.load(self.experiment.data)
         if self.test_data is None:
-            self.test_data = (load_data(self.test_config, self.needs_semantic, self.test_subset, decode=decode)
-                              if self.test_config else self.fit_data)
+            self.test_data = self.load(self.experiment.test) if self.experiment.cross_dataset else self.fit_data
+
+    def datasets(self) -> list[ResolvedData]:
+        """The training dataset, then the cross-dataset test set where there is one."""
+        experiment = self.experiment
+        return [experiment.data] + ([experiment.test] if experiment.cross_dataset else [])
+
+    def load(self, data: ResolvedData) -> LoadedData:
+        """`data` in memory: its images decoded (unless decoded per sample or not needed) and its features read."""
+        frame, section = data.frame, data.section
+        decode = self.processor is None and self.needs_images
+        images = decode_images(list(frame["path"]), section.image_size, section.image_cache) if decode else None
+        semantic = read_features(section, frame) if self.needs_semantic else None
+        return LoadedData(frame, data.split, images, data.mos, semantic)
 
     def samples(self, part: str, train_augment: bool = False) -> Dataset:
         data = self.test_data if part == "test" else self.fit_data
@@ -326,16 +220,6 @@ class AGIQADataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
-
-
-def check_disjoint(split) -> None:
-    """Raise if any row index sits in two split parts (a test image must never be trained on)."""
-    seen: dict[int, str] = {}
-    for part in SPLIT_PARTS:
-        for row in getattr(split, part):
-            if row in seen:
-                raise DatasetValidationError(f"row {row} is in both the {seen[row]} and {part} parts of the split")
-            seen[row] = part
 
 
 def ensure_features(config: DataSection, frame: pd.DataFrame) -> None:

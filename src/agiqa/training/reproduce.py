@@ -4,12 +4,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from agiqa.errors import AgiqaError
 from agiqa.metrics import summarize_runs
 from agiqa.training.config import DataSection, TrainConfig
+
+if TYPE_CHECKING:  # the resolved data each run hands back; importing it loads torch, which `agiqa report` does not need
+    from agiqa.training.resolve import ResolvedData
 
 PAPER_RESULTS_FILE = Path(__file__).with_name("paper_results.yaml")
 OFFICIAL_SEED = 20
@@ -46,16 +50,18 @@ def reproduce(config_path: str | Path, root: str, seeds: int, out_dir: str | Pat
     tests 293 of its 300 prompts on images of prompts seen in training). Runs go to `out_dir/<kind>/seed<N>/`.
     `paper_model` names the paper's model whose numbers go beside ours (default: the config's model name).
     """
-    from agiqa.training.run import train
+    from agiqa.training.resolve import resolve_experiment
+    from agiqa.training.run import train_experiment
 
     out = Path(out_dir)
 
-    def run(kind: str, seed: int) -> tuple[dict, DataSection, Path]:
+    def run(kind: str, seed: int) -> tuple[dict, ResolvedData]:
         config = TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])])
         config.data = seed_split(config.data, seed, kind)
         config.trainer.seed = seed
         config.output_dir = str(out / kind / f"seed{seed}")
-        return train(config, progress=progress), config.data, Path(config.output_dir)
+        experiment = resolve_experiment(config)
+        return train_experiment(experiment, progress=progress), experiment.data
 
     model = paper_model or TrainConfig.from_yaml(config_path, [f"data.root={root}", *(overrides or [])]).model.name
     return run_seeds(run, model, Path(config_path).stem, seeds, out, splits)
@@ -66,23 +72,28 @@ def reproduce_zero_shot(spec: str, data: DataSection, seeds: int, out_dir: str |
     """The zero-shot baseline of a VLM (`vlm:<id>`, see `agiqa.models.vlm_levels`) on the seeds and kinds of split
     `reproduce` trains on: no training, each seed's test part scored and measured the same way. The VLM's answers
     are extracted once into `data.features.cache` (default OUT/features) and read by every seed."""
-    from agiqa.training.run import evaluate
+    from agiqa.training.resolve import resolve_evaluation
+    from agiqa.training.run import evaluate_experiment, evaluated_model
 
     out = Path(out_dir)
     data = dataclasses.replace(data, features=dataclasses.replace(
         data.features, cache=data.features.cache or str(out / "features")))
 
-    def run(kind: str, seed: int) -> tuple[dict, DataSection, Path]:
+    def run(kind: str, seed: int) -> tuple[dict, ResolvedData]:
         seed_data, folder = seed_split(data, seed, kind), out / kind / f"seed{seed}"
-        return evaluate(spec, seed_data, folder, device=device, precision=precision), seed_data, folder
+        model = evaluated_model(spec, seed_data)
+        experiment = resolve_evaluation(spec, model, seed_data, folder, precision)
+        return evaluate_experiment(spec, model, experiment, folder, device), experiment.data
 
     return run_seeds(run, spec, data.dataset, seeds, out, splits)
 
 
 def run_seeds(run, model: str, experiment: str, seeds: int, out: Path, splits: tuple[str, ...]) -> str:
-    """`run(kind, seed) -> (metrics.json dict, data section, run folder)` for every kind of split and seed; writes
+    """`run(kind, seed) -> (metrics.json dict, the run's resolved data)` for every kind of split and seed; writes
     runs.json and results.md and returns the table. A multi-target run's `runs`/`summary` are its first target's
     (as its `overall`), and `per_target` holds every target's runs and summary."""
+    from agiqa.data.splits import seen_test_prompts
+
     if seeds < 1:
         raise AgiqaError(f"--seeds must be at least 1 (runs per kind of split), got {seeds}")
     unknown = sorted(set(splits) - set(SPLITS))
@@ -93,11 +104,11 @@ def run_seeds(run, model: str, experiment: str, seeds: int, out: Path, splits: t
     for kind in splits:
         runs, per_target, seen = [], {}, []
         for seed in seed_list(seeds):
-            metrics, data, folder = run(kind, seed)
+            metrics, data = run(kind, seed)
             runs.append(metrics["overall"])
             for target, values in metrics.get("per_target", {}).items():
                 per_target.setdefault(target, []).append(values)
-            seen.append(prompts_seen_in_training(data, folder))
+            seen.append(list(seen_test_prompts(data.frame, data.split)))
         results[kind] = {"runs": runs, "summary": summarize_runs(runs), "test_prompts_seen_in_training": seen}
         if per_target:
             results[kind]["per_target"] = {target: {"runs": values, "summary": summarize_runs(values)}
@@ -118,15 +129,6 @@ def seed_split(data: DataSection, seed: int, kind: str) -> DataSection:
     else:
         method = data.split_method
     return dataclasses.replace(data, split_seed=seed, split_method=method)
-
-
-def prompts_seen_in_training(data: DataSection, folder: Path) -> list[int]:
-    """[test prompts also in train or val, distinct test prompts] of the run in `folder` (its split.json)."""
-    from agiqa.data.splits import Split, seen_test_prompts
-    from agiqa.training.datamodule import load_frame
-
-    split = Split.from_json(folder / "split.json")
-    return list(seen_test_prompts(load_frame(data), split))
 
 
 def results_table(model: str, experiment: str, results: dict, n_seeds: int) -> str:

@@ -1,15 +1,13 @@
-"""Train → pick the best epoch on validation → test → write reports. Shared by `agiqa train|evaluate|reproduce|demo`."""
+"""Train → pick the best epoch on validation → test → write what a run writes. Shared by `agiqa
+train|evaluate|reproduce|demo`, each reading an `Experiment`: its config resolved and checked once
+(`training.resolve`)."""
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
-import os
 import pickle
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -20,34 +18,37 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from agiqa._files import torch_load_weights_only, untrusted_file_error
+from agiqa.errors import ConfigError
+from agiqa.models import model_scores, saved_architecture
 from agiqa.models._card import MOS_DISTRIBUTION_FILE, write_model_card, write_mos_distribution
 from agiqa.models._config import UnknownConfigFieldError, without_weight_sources
+from agiqa.models._factory import model_targets, saved_config
 from agiqa.models._registry import UnknownModelError
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
-from agiqa.errors import ConfigError, DatasetValidationError
-from agiqa.models._factory import model_targets, saved_config
-from agiqa.training.datamodule import AGIQADataModule, check_data_root, load_frame, multi_targets, split_frame
-from agiqa.models import model_scores, needs_semantic, saved_architecture
+from agiqa.training.datamodule import AGIQADataModule
 from agiqa.training.module import IQAModule
 from agiqa.training.outputs import predictions_frame, training_curves_plot, write_evaluation
+from agiqa.training.resolve import Experiment, model_inputs, processing, resolve_evaluation, resolve_experiment
 
 _logger = logging.getLogger(__name__)
 
-LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+def build_module(experiment: Experiment) -> IQAModule:
+    """The module of the experiment's model: a multi-target run gives the model one output per target, and a model
+    trained on MOS / label_scale (MoE-AGIQA) gets the data's (`ResolvedData.label_scale`) unless the config sets one."""
+    config = experiment.config
+    module = _module(config, experiment.data.targets)
+    if hasattr(module.model.config, "label_scale") and "label_scale" not in config.model.kwargs:
+        scale_labels(module, experiment)
+    return module
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("AGIQA_CACHE_DIR", str(Path.home() / ".cache" / "agiqa"))
-
-
-def build_module(config: TrainConfig) -> IQAModule:
-    """The module of `config`; a multi-target `data.target` gives the model one output per target."""
+def _module(config: TrainConfig, targets: list[str] | None) -> IQAModule:
+    """`IQAModule` of the config's model and recipe; what the model refuses is a `ConfigError` naming the key."""
     optim = config.optim
-    targets = multi_targets(config.data)
     model_kwargs = dict(config.model.kwargs, **({"targets": targets} if targets else {}))
-    check_target_weights(optim.target_weights, targets)
     try:
         return IQAModule(model=config.model.name, model_kwargs=model_kwargs,
                          pretrained=config.model.pretrained, lr=optim.lr, weight_decay=optim.weight_decay,
@@ -71,70 +72,16 @@ def build_module(config: TrainConfig) -> IQAModule:
         raise
 
 
-def check_target_weights(weights: dict, targets: list[str] | None) -> None:
-    """`optim.target_weights` must name targets of a multi-target run, with non-negative numbers."""
-    if not weights:
-        return
-    if not targets:
-        raise ConfigError("optim.target_weights is for multi-target runs (data.target with two or more targets)")
-    unknown = sorted(set(weights) - set(targets))
-    if unknown:
-        raise ConfigError(f"optim.target_weights names {', '.join(unknown)}, not among the run's targets: "
-                          f"{', '.join(targets)}")
-    for name, value in weights.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"optim.target_weights.{name} must be a non-negative number, got {value!r}")
-
-
-def with_image_cache(data: DataSection) -> DataSection:
-    """A copy of `data` whose decoded-image cache defaults to $AGIQA_CACHE_DIR/images (~/.cache/agiqa/images)."""
-    cache = data.image_cache or str(Path(default_cache_dir()) / "images")
-    return dataclasses.replace(copy.deepcopy(data), image_cache=cache)
-
-
-def build_datamodule(config: TrainConfig, model: torch.nn.Module) -> AGIQADataModule:
-    data = with_image_cache(config.data)
-    test_config = test_data(config, data)
-    select_on_test = config.official_quirks and getattr(model, "official_selects_on_test", False)
-    return AGIQADataModule(data, needs_semantic=needs_semantic(model), official_quirks=config.official_quirks,
-                           seed=config.trainer.seed, test_config=test_config,
-                           test_subset="all" if config.test.subset == "all" else "split",
-                           select_on_test=select_on_test, **processing(model))
-
-
-def test_data(config: TrainConfig, data: DataSection) -> DataSection | None:
-    """The cross-dataset test set's data section (`test.dataset`), or None to test on `data`'s own split."""
-    if not config.test.dataset:
-        return None
-    # A multi-target run is tested on the same targets unless test.target names others.
-    target = config.test.target or (data.target if multi_targets(data) else None)
-    return dataclasses.replace(data, dataset=config.test.dataset, root=config.test.root or data.root,
-                               target=target, csv=None, split_file=None)
-
-
-def processing(model: torch.nn.Module) -> dict:
-    """Datamodule arguments of models with their own preprocessing (MoE-AGIQA: crops + prompt image + tokens) or
-    without pixel input (a zero-shot VLM reads semantic features only)."""
-    if hasattr(model, "processor"):
-        return {"processor": model.processor(), "train_crops": model.config.train_crops,
-                "test_crops": model.config.test_crops}
-    return {} if "image" in getattr(model, "input_names", ("image",)) else {"needs_images": False}
-
-
-def lightning_precision(precision: str, accelerator: str) -> str:
-    """`auto` → bf16-mixed where bf16 is fast (CUDA, AMX CPUs), else 32-true; other values pass through."""
-    if precision != "auto":
-        return precision
-    device = resolve_device("cpu" if accelerator == "cpu" else "auto")
-    return LIGHTNING_PRECISION[resolve_precision("auto", device)]
-
-
-def inference_precision(lightning_precision_name: str) -> str:
-    """The scoring precision matching a Lightning training precision ("32-true" → fp32, "bf16-mixed" → bf16)."""
-    for prefix, precision in (("bf16", "bf16"), ("16", "fp16")):
-        if str(lightning_precision_name).startswith(prefix):
-            return precision
-    return "fp32"
+def scale_labels(module: IQAModule, experiment: Experiment) -> None:
+    """Labels as MOS / max MOS of the dataset (all rows, as the official MoE-AGIQA code); the scale is stored in the
+    model's config (and the run's config.yaml) so predictions come back on the MOS scale."""
+    scale = experiment.data.label_scale
+    if not scale > 0:
+        raise ValueError(f"label_scale = max MOS must be positive, got {scale}; set model.kwargs.label_scale")
+    experiment.config.model.kwargs["label_scale"] = scale
+    module.model.config.label_scale = scale
+    module.hparams.model_kwargs["label_scale"] = scale
+    _logger.info("Training on MOS / %.4g (max MOS of the data set)", scale)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -147,95 +94,108 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     `agiqa evaluate` of model/ uses), report.md, scatter.png.
 
     Every mistake a config can hold (data root, split sizes, model name and fields, features, image size, trainer
-    settings) is reported before the output folder is written. `progress`: a progress bar on a terminal, one line
+    settings) is reported before the output folder is written: the config is resolved and checked once
+    (`resolve_experiment`), then trained (`train_experiment`). `progress`: a progress bar on a terminal, one line
     per epoch otherwise (logs of CI or cluster jobs); False for neither.
     """
-    config.check()
-    for data in (config.data, test_data(config, config.data)):
-        if data is not None:
-            check_data_root(data)  # a wrong root is reported before any model (or its weights) is loaded
-    check_split_sizes(config)
-    check_semantic_features_early(config)
+    experiment = resolve_experiment(config)
+    return train_experiment(experiment, resume, progress)
+
+
+def train_experiment(experiment: Experiment, resume: bool = False, progress: bool = True) -> dict:
+    """`train` of an experiment resolved already (`resolve_experiment`)."""
+    config = experiment.config
     out = Path(config.output_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    module = build_module(config)
-    check_model_inputs(config, module.model)
-    trainer = _trainer(config, out, progress)
+    module = build_module(experiment)
+    inputs = model_inputs(experiment, module.model)
+    trainer = _trainer(experiment, out, progress)
     out.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(config, module.model)
-    if module.uses_semantic and "semantic_dim" not in config.model.kwargs:
-        module = _match_semantic_dim(config, module, datamodule)
-    if hasattr(module.model.config, "label_scale") and "label_scale" not in config.model.kwargs:
-        _match_label_scale(config, module, datamodule)
+    select_on_test = config.official_quirks and getattr(module.model, "official_selects_on_test", False)
+    datamodule = AGIQADataModule(experiment, select_on_test=select_on_test, **inputs)
+    if inputs["needs_semantic"] and "semantic_dim" not in config.model.kwargs:
+        module = sized_to_features(experiment, module, datamodule)
     config.to_yaml(out / "config.yaml")
-    last = out / "checkpoints" / "last.ckpt"
+    _fit(trainer, module, datamodule, out / "checkpoints" / "last.ckpt" if resume else None)
+    if not trainer.is_global_zero:
+        return {}
+    if module.last_val_table is not None:
+        write_val_predictions(module, experiment, out / "val_predictions.csv")
+    return test_best_epoch(experiment, datamodule, out)
+
+
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+def _fit(trainer: L.Trainer, module: IQAModule, datamodule: AGIQADataModule, resume_from: Path | None) -> None:
+    """`trainer.fit`, continued from `resume_from` (last.ckpt of `--resume`) where it exists; a checkpoint that holds
+    more than weights is refused before anything runs."""
+    resumed = resume_from is not None and resume_from.is_file()
     try:
         with warnings.catch_warnings():
             # Lightning 2.6 flattens every dataloader with torch's deprecated `LeafSpec()` (torch >= 2.10), which
             # warns once per fit; nothing here can change that call.
             warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None,
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resumed else None,
                         weights_only=True)
     except pickle.UnpicklingError as err:  # the resumed checkpoint holds more than weights: refused, nothing ran
-        raise untrusted_file_error(last, err) from err
-    if not trainer.is_global_zero:
-        return {}
-    if module.last_val_table is not None:
-        num_targets = len(module.targets)
-        rows = module.last_val_table[:, 0].astype(int)
-        predictions = module.last_val_table[:, 1:1 + num_targets]
-        predictions = predictions[:, 0] if num_targets == 1 else predictions
-        predictions_frame(datamodule.fit_data.frame, rows, predictions).assign(row=rows).to_csv(
-            out / "val_predictions.csv", index=False)
+        raise untrusted_file_error(resume_from, err) from err
+
+
+def write_val_predictions(module: IQAModule, experiment: Experiment, path: Path) -> None:
+    """The last validation's predictions (gathered from every process), one row per validation image."""
+    num_targets = len(module.targets)
+    rows = module.last_val_table[:, 0].astype(int)
+    predictions = module.last_val_table[:, 1:1 + num_targets]
+    predictions = predictions[:, 0] if num_targets == 1 else predictions
+    predictions_frame(experiment.data.frame, rows, predictions).assign(row=rows).to_csv(path, index=False)
+
+
+def test_best_epoch(experiment: Experiment, datamodule: AGIQADataModule, out: Path) -> dict:
+    """Test the best checkpoint (the last where none was chosen) in the precision it was trained in, and write the
+    model, its card and training MOS distribution, the split, predictions, metrics, report and figures."""
     best = out / "checkpoints" / "best.ckpt"
-    module = load_trained_module(best if best.is_file() else last)
+    chosen = best if best.is_file() else out / "checkpoints" / "last.ckpt"
+    module = load_trained_module(chosen)
     module.model.save_pretrained(out / "model")
     datamodule.setup("test")
-    datamodule.fit_data.split.to_json(out / "split.json")
+    experiment.data.split.to_json(out / "split.json")
+    distribution = training_mos_distribution(datamodule, experiment.data.target_names)
+    write_mos_distribution(out / "model", distribution)
     # Tested in the precision it was trained in: a 32-true run reports fp32 metrics even on a bf16-capable CPU; the
     # precision goes into metrics.json, where `agiqa evaluate` of model/ finds it and scores the same way.
-    precision = inference_precision(trainer.precision)
-    write_mos_distribution(out / "model", training_mos_distribution(datamodule, training_targets(datamodule)))
-    metrics = evaluate_module(module.model, datamodule, out,
-                              title=f"{config.model.name} on {datamodule.test_data.frame.attrs.get('dataset', '')}",
-                              precision=precision)
-    metrics["best_checkpoint"] = str(best if best.is_file() else last)
+    title = f"{experiment.config.model.name} on {experiment.test.frame.attrs.get('dataset', '')}"
+    metrics = evaluate_module(module.model, datamodule, out, title=title, precision=experiment.test_precision)
+    metrics["best_checkpoint"] = str(chosen)
     metrics["epoch_selected_on"] = "test (--official-quirks)" if datamodule.select_on_test else "val"
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     if logs:  # this session's log (one folder per session; --resume starts a new one)
         training_curves_plot(logs[-1], out / "training_curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_model_card(module.model, out / "model", training_record(config, datamodule), metrics)
+    record = training_record(experiment, datamodule.select_on_test, distribution)
+    write_model_card(module.model, out / "model", record, metrics)
     return metrics
 
 
-def training_record(config: TrainConfig, datamodule: AGIQADataModule) -> dict:
+def training_record(experiment: Experiment, selected_on_test: bool, distribution: dict) -> dict:
     """What the model card says of the training: data, target, split and its sizes, recipe, the training MOS
-    distribution, where the run is."""
-    split = datamodule.fit_data.split
-    data = config.data
+    `distribution` (`training_mos_distribution`), where the run is."""
+    config, split, data = experiment.config, experiment.data.split, experiment.data.section
     record = {"dataset": f"{data.dataset} (root {data.root})" + (f", labels {data.csv}" if data.csv else ""),
               "target": _target_text(data.target),
               "split": f"{split.method}, seed {split.seed}: {len(split.train)} train / {len(split.val)} validation / "
                        f"{len(split.test)} test images (indices in the run's split.json)",
               "recipe": f"{config.trainer.max_epochs} epochs, batch {data.batch_size}, lr {config.optim.lr}, "
                         f"seed {config.trainer.seed}",
-              "best epoch chosen on": "the test split (--official-quirks)" if datamodule.select_on_test
+              "best epoch chosen on": "the test split (--official-quirks)" if selected_on_test
               else "the validation split",
               "run": str(Path(config.output_dir).resolve())}
-    distribution = training_mos_distribution(datamodule, training_targets(datamodule))
     for target, part in distribution.get("per_target", {distribution["target"]: distribution}).items():
         values = part["mos_quantiles"]
         record[f"training MOS ({target})"] = (
             f"min {values[0]:.4g}, quartiles {values[25]:.4g} / {values[50]:.4g} / {values[75]:.4g}, max "
             f"{values[100]:.4g} (all 101 percentiles in {MOS_DISTRIBUTION_FILE})")
     return record
-
-
-def training_targets(datamodule: AGIQADataModule) -> list[str]:
-    """The target names of the training data, in the model's output order (one name for a single target)."""
-    frame = datamodule.fit_data.frame
-    return list(frame.attrs.get("targets") or [frame.attrs.get("target") or "quality"])
 
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)  # 0 %, 1 %, ..., 100 %
@@ -266,44 +226,29 @@ def _target_text(target: str | list | None) -> str:
     return target if isinstance(target, str) else ", ".join(target)
 
 
-def _match_semantic_dim(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
+def sized_to_features(experiment: Experiment, module: IQAModule, datamodule: AGIQADataModule) -> IQAModule:
     """Size the semantic experts to the cached features (e.g. 4096 for mPLUG-Owl2, 1536 for Qwen2-VL-2B; features
-    with level probabilities end with 5 more values, read by the `levels` expert)."""
+    with level probabilities end with 5 more values, read by the `levels` expert): the width goes into the run's
+    config (config.yaml), and the module is built again where its experts are of another width."""
     from agiqa.semantic.levels import LEVEL_COUNT
 
     datamodule.prepare_data()
     datamodule.setup("fit")
     levels = LEVEL_COUNT if getattr(module.model.config, "level_prompts", ()) else 0
     dim = int(datamodule.fit_data.semantic.shape[-1]) - levels
-    config.model.kwargs["semantic_dim"] = dim
+    experiment.config.model.kwargs["semantic_dim"] = dim
     if dim == module.model.config.semantic_dim:
         return module
     _logger.info("Semantic features are %d-d: building the experts for that width", dim)
-    return build_module(config)
+    return build_module(experiment)
 
 
-def _match_label_scale(config: TrainConfig, module: IQAModule, datamodule: AGIQADataModule) -> None:
-    """Labels as MOS / max MOS of the dataset (all rows, as the official MoE-AGIQA code); the scale is stored in the
-    model's config (and the run's config.yaml) so predictions come back on the MOS scale."""
-    datamodule.setup("fit")
-    scale = float(datamodule.fit_data.mos.max())
-    if not scale > 0:
-        raise ValueError(f"label_scale = max MOS must be positive, got {scale}; set model.kwargs.label_scale")
-    config.model.kwargs["label_scale"] = scale
-    module.model.config.label_scale = scale
-    module.hparams.model_kwargs["label_scale"] = scale
-    _logger.info("Training on MOS / %.4g (max MOS of the data set)", scale)
-
-
-LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-
-
-def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
-    """The Lightning trainer of `config`; settings it refuses (no GPU for `accelerator: gpu`, an unknown strategy)
+def _trainer(experiment: Experiment, out: Path, progress: bool) -> L.Trainer:
+    """The Lightning trainer of the experiment; settings it refuses (no GPU for `accelerator: gpu`, an unknown strategy)
     are a `ConfigError` naming the trainer section. Nothing is written yet."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    t = config.trainer
+    t = experiment.config.trainer
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/score", mode="max",
                            enable_version_counter=False)
     # Written after every epoch, improved or not, so `--resume` always continues from the latest state.
@@ -313,7 +258,7 @@ def _trainer(config: TrainConfig, out: Path, progress: bool) -> L.Trainer:
     try:
         return L.Trainer(
             max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-            strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), callbacks=callbacks,
+            strategy=t.strategy, precision=experiment.trainer_precision, callbacks=callbacks,
             logger=CSVLogger(out, name="logs"), default_root_dir=out, enable_progress_bar=bar,
             limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
             deterministic=t.deterministic, num_sanity_val_steps=0, enable_model_summary=False,
@@ -377,86 +322,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def check_split_sizes(config: TrainConfig) -> None:
-    """Refuse a split a run cannot train on, before any model is built: no full training batch (the incomplete
-    last batch is dropped, as the official code) or no image to choose the best epoch on."""
-    data = config.data
-    split = split_frame(data, load_frame(data))
-    train_images = len(split.train)
-    if train_images < data.batch_size:
-        raise DatasetValidationError(
-            f"the training part of the split has {train_images} images, fewer than one batch (data.batch_size = "
-            f"{data.batch_size}; incomplete batches are dropped): use more data (agiqa synth --n) or a smaller "
-            "--set data.batch_size=N")
-    if not split.val and not (config.official_quirks and config.test.dataset is None):
-        raise DatasetValidationError(
-            f"the validation part of the split is empty ({len(split.train)} train / 0 validation / "
-            f"{len(split.test)} test images): the best epoch is chosen on it; use more data or another split")
-
-
-def check_model_inputs(config: TrainConfig, model: torch.nn.Module) -> None:
-    """The data a model needs, checked against the config before anything runs: semantic features for models
-    with semantic experts (the error says how to get them, or how to train without them), and an image size the
-    model takes."""
-    features = config.data.features
-    if needs_semantic(model) and not features.cache:
-        raise ConfigError(semantic_features_message(config.model.name, model.config))
-    check_image_size(model, config.data.image_size, "data.image_size")
-
-
-MA_AGIQA_ABLATION = '--set "model.kwargs.semantic_experts=[]"'
-
-
-def check_semantic_features_early(config: TrainConfig) -> None:
-    """An MA-AGIQA built from scratch with semantic experts (the class default) but no feature cache, told before
-    its backbone is built (the paper configs would download the ImageNet ViT first); `check_model_inputs` checks
-    every other model once built."""
-    from agiqa.models._registry import architecture_family
-
-    if config.data.features.cache or config.model.pretrained or architecture_family(config.model.name) != "ma_agiqa":
-        return
-    from agiqa.models.ma_agiqa import MaAgiqaConfig
-
-    fields = {f.name: f.default for f in dataclasses.fields(MaAgiqaConfig)}
-    kwargs = config.model.kwargs
-    if set(kwargs) - set(fields):
-        return  # a misspelt field: building the model names it first
-    settings = types.SimpleNamespace(**{name: kwargs.get(name, fields[name])
-                                        for name in ("semantic_experts", "level_prompts", "use_maniqa")})
-    if settings.semantic_experts or settings.level_prompts:
-        raise ConfigError(semantic_features_message(config.model.name, settings))
-
-
-def semantic_features_message(model_name: str, model_config) -> str:
-    """Why a model with semantic experts cannot train without a feature cache, and the two ways on: features of a
-    VLM (cache + encoder), or the MANIQA-expert-only ablation of paper Table 3 (what `agiqa demo` trains)."""
-    experts = list(getattr(model_config, "semantic_experts", ()) or ())
-    levels = list(getattr(model_config, "level_prompts", ()) or ())
-    has = ", ".join(part for part in (f"model.kwargs.semantic_experts: {experts}" if experts else "",
-                                      f"model.kwargs.level_prompts: {len(levels)}" if levels else "") if part)
-    message = (f"{model_name} has semantic experts ({has}) and needs features of a VLM: --set "
-               "data.features.cache=DIR (a cache from `agiqa features extract`; add --set data.features.encoder=VLM, a "
-               "hub id or local folder, to extract the missing ones into it)")
-    if hasattr(model_config, "use_maniqa"):
-        ablation = [MA_AGIQA_ABLATION] + (['--set "model.kwargs.level_prompts=[]"'] if levels else [])
-        if not model_config.use_maniqa:
-            ablation.append("--set model.kwargs.use_maniqa=true")
-        message += (", or train the MANIQA-expert-only ablation (paper Table 3, row 1; what `agiqa demo` trains "
-                    f"without a VLM): {' '.join(ablation)}")
-    return message
-
-
-def check_image_size(model: torch.nn.Module, image_size: int, name: str) -> None:
-    """A model fed resized images (MANIQA, MA-AGIQA) takes exactly its `img_size`; models with their own
-    preprocessing (MoE-AGIQA's crops) or without pixels are not checked."""
-    if hasattr(model, "processor") or "image" not in getattr(model, "input_names", ("image",)):
-        return
-    size = getattr(model.config, "img_size", None)
-    if size is not None and int(size) != int(image_size):
-        raise ConfigError(f"{name} is {image_size} but the model takes {size} px images (its img_size, "
-                          f"model.kwargs.img_size when training): set both to the same size")
-
-
 def load_trained_module(checkpoint: str | Path) -> IQAModule:
     """Rebuild an `IQAModule` from a Lightning checkpoint without fetching any backbone weights."""
     state = torch_load_weights_only(checkpoint)
@@ -516,82 +381,43 @@ def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir
     return metrics
 
 
-def recorded_precision(model_dir: str | Path) -> str | None:
-    """The precision the training run of a run's `model/` folder tested it in, so `agiqa evaluate` gives the run's
-    numbers: the run's metrics.json `precision`, else (runs from before it was recorded) its config.yaml
-    `trainer.precision`; None for a folder that is not a run's model/ or a run that says nothing."""
-    model_dir = Path(model_dir).resolve()
-    run = model_dir.parent
-    if model_dir.name != "model" or not (run / "config.yaml").is_file():
-        return None
-    try:
-        recorded = json.loads((run / "metrics.json").read_text()).get("precision")
-        if recorded in ("fp32", "bf16", "fp16"):
-            return recorded
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        import yaml
-
-        trained = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("trainer", {}).get("precision")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return inference_precision(trained) if trained and trained != "auto" else None
-
-
 def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subset: str = "split",
              device: str | None = None, precision: str = "auto") -> dict:
     """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset, or a zero-shot
     VLM (`vlm:<id>`, `vlm-alignment:<id>`: its level features are extracted into `data.features.cache`, default
     OUT/features). `precision="auto"` scores a run's `model/` in the precision the run tested it in
-    (`recorded_precision`), so the numbers are the run's own."""
+    (`recorded_precision`), so the numbers are the run's own. The data's split test part is scored: `subset` is not
+    applied (as before: `--subset all` scores the test part too)."""
+    model = evaluated_model(model_dir, data)
+    return evaluate_experiment(model_dir, model, resolve_evaluation(model_dir, model, data, out_dir, precision),
+                               out_dir, device)
+
+
+def evaluated_model(model_dir: str | Path, data: DataSection) -> torch.nn.Module:
+    """The model `evaluate` scores: a zero-shot VLM of a `vlm:` spec, else the saved model of the folder."""
     from agiqa.models import create_model
     from agiqa.models.vlm_levels import is_vlm_spec, model_from_spec
 
     if is_vlm_spec(model_dir):
-        model = model_from_spec(str(model_dir), trust_remote_code=data.features.trust_remote_code)
-        data = with_level_features(data, model, out_dir)
-    else:
-        model = create_model(saved_architecture(model_dir), pretrained=str(model_dir))
-        if needs_semantic(model) and not data.features.cache:
-            raise ConfigError(f"{model_dir} has semantic experts and needs features of a VLM: pass --features DIR "
-                              "(a feature cache from `agiqa features extract`, e.g. the one it was trained with) "
-                              "and/or --encoder VLM to extract the missing ones into it")
-        check_image_size(model, data.image_size, "--image-size")
-        if precision == "auto":
-            precision = recorded_precision(model_dir) or precision
-    data = with_image_cache(with_model_targets(data, model_targets(model)))
-    datamodule = AGIQADataModule(data, needs_semantic=needs_semantic(model), test_subset=subset, **processing(model))
+        return model_from_spec(str(model_dir), trust_remote_code=data.features.trust_remote_code)
+    return create_model(saved_architecture(model_dir), pretrained=str(model_dir))
+
+
+def evaluate_experiment(model_dir: str | Path, model: torch.nn.Module, experiment: Experiment, out_dir: str | Path,
+                        device: str | None = None) -> dict:
+    """Score the experiment's test part with `model` (of `model_dir`) and write predictions, metrics, report, plot
+    and the split into `out_dir`."""
+    from agiqa.models.vlm_levels import is_vlm_spec
+
+    datamodule = AGIQADataModule(experiment, **processing(model))
     datamodule.prepare_data()
     datamodule.setup("test")
-    metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {data.dataset}", device=device,
-                              precision=precision)
+    metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {experiment.data.section.dataset}",
+                              device=device, precision=experiment.test_precision)
     metrics["model_dir"] = str(model_dir) if is_vlm_spec(model_dir) else str(Path(model_dir).resolve())  # heat maps
-    datamodule.test_data.split.to_json(Path(out_dir) / "split.json")
+    experiment.test.split.to_json(Path(out_dir) / "split.json")
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def with_level_features(data: DataSection, model: torch.nn.Module, out_dir: str | Path) -> DataSection:
-    """`data` whose features are the zero-shot VLM's level answers (cache: the given one, else OUT/features)."""
-    options = model.encoder_options()
-    features = dataclasses.replace(data.features, cache=data.features.cache or str(Path(out_dir) / "features"),
-                                   encoder=model.config.encoder, prompts=list(options["prompts"]),
-                                   answers=list(options["answers"]))
-    return dataclasses.replace(data, features=features)
-
-
-def with_model_targets(data: DataSection, targets: list[str]) -> DataSection:
-    """`data` evaluated on a multi-target model's targets (when `data.target` is unset); a `ConfigError` when it
-    asks for other targets than the model predicts."""
-    if len(targets) == 1:
-        return data
-    if data.target is None:
-        return dataclasses.replace(data, target=list(targets))
-    asked = multi_targets(data)
-    if asked != targets:
-        raise ConfigError(f"data.target {data.target!r} does not match the model's targets: {', '.join(targets)}")
-    return data
 
 
 def model_image_size(model_dir: str | Path) -> int:
