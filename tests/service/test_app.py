@@ -141,6 +141,30 @@ def test_a_body_without_content_length_is_cut_off_at_the_upload_limit(limited):
     assert response.status_code == 413 and "upload limit of 20000 bytes" in response.json()["detail"]
 
 
+def test_a_form_that_is_not_well_formed_or_lacks_images_is_a_client_error(limited):
+    http, _ = limited
+    headers = {"content-type": "multipart/form-data; boundary=agiqa-test-boundary"}
+    garbage = http.post("/score", content=b"not a multipart body", headers=headers)
+    assert garbage.status_code == 400 and garbage.json()["detail"] == "Invalid multipart data."
+    no_boundary = http.post("/score", content=b"", headers={"content-type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["detail"]
+    no_images = http.post("/score", files=[("explain", (None, b"true"))])
+    assert no_images.status_code == 422 and no_images.json()["detail"][0]["loc"] == ["body", "images"]
+    text_image = http.post("/score", files=[("images", (None, b"a.png"))])
+    assert text_image.status_code == 422 and text_image.json()["detail"][0]["loc"] == ["body", "images", 0]
+    bad_flag = http.post("/score", files=one("a.png", png_bytes(0)), data={"explain": "maybe"})
+    assert bad_flag.status_code == 422 and bad_flag.json()["detail"][0]["loc"] == ["body", "explain"]
+
+
+def test_the_api_docs_show_the_upload_form(limited):
+    http, _ = limited
+    body = http.get("/openapi.json").json()["paths"]["/score"]["post"]["requestBody"]
+    form = body["content"]["multipart/form-data"]["schema"]
+    assert body["required"] and form["required"] == ["images"]
+    assert set(form["properties"]) == {"images", "prompts", "explain"}
+    assert form["properties"]["images"]["items"]["format"] == "binary"
+
+
 def test_a_request_with_some_bad_images_scores_the_rest_and_ranks_them(limited):
     http, scorer = limited
     files = one("a.png", png_bytes(0)) + one("bad.png", b"nope") + one("b.png", png_bytes(1))

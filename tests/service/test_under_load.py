@@ -1,5 +1,6 @@
 """The service under concurrent clients: requests share model batches and each gets its own scores back, the
-event loop stays free while the model works, a full queue answers 503 + Retry-After, a slow answer 504."""
+event loop stays free while the model works and while an upload is parsed, a full queue answers 503 + Retry-After,
+a slow answer 504."""
 from __future__ import annotations
 
 import io
@@ -85,6 +86,49 @@ def test_health_answers_while_the_model_is_busy(scorer):
             gate.open.set()
             assert busy.result().status_code == 200
     assert health.status_code == 200 and health.json()["queued_images"] == 1 and seconds < 1.0
+
+
+def busy(seconds: float) -> None:
+    """CPU work in Python for `seconds`: it holds the GIL, which other threads get only at switch intervals."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_health_answers_while_a_large_upload_is_parsed(scorer, monkeypatch):
+    """/health is answered while a multi-MB upload is being parsed: the form is parsed in a worker thread, not on the
+    event loop. The parse is made to take 1.5 s of CPU (python-multipart's first `write` of the body spins first;
+    the library's own speed depends on the machine), so that parsing on the loop would hold /health for 1.5 s."""
+    from python_multipart import MultipartParser
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(
+        buffer, "PNG", compress_level=0)
+    large = buffer.getvalue()
+    assert len(large) > 4 * 2**20
+    parsing, parsed, write = threading.Event(), threading.Event(), MultipartParser.write
+
+    def slow_write(self, data):
+        if not parsing.is_set():
+            parsing.set()
+            busy(1.5)
+            parsed.set()
+        return write(self, data)
+
+    monkeypatch.setattr(MultipartParser, "write", slow_write)
+    files = [("images", ("large.png", large, "image/png"))]
+    with serving(create_app(scorer, "tiny")) as url, ThreadPoolExecutor(1) as pool:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            upload = pool.submit(http.post, "/score", files=files)
+            assert parsing.wait(30), "the upload was not parsed"
+            started = time.perf_counter()
+            health = http.get("/health")
+            seconds = time.perf_counter() - started
+            answered_while_parsing = not parsed.is_set()
+            answer = upload.result()
+    assert health.status_code == 200 and answered_while_parsing, f"/health took {seconds:.2f} s, after the parse"
+    assert seconds < 0.5
+    assert answer.status_code == 200 and answer.json()["n_scored"] == 1
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_a_slow_answer_504(scorer):

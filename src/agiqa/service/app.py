@@ -1,10 +1,10 @@
 """HTTP scoring service: `agiqa serve MODEL` -> a browser page at /, POST images (+ prompts) to /score for JSON
 scores (optionally with gate weights, per-expert scores and a heat map), GET /health, /info, /metrics.
 
-The model runs on one inference thread fed by a micro-batcher (`service.batcher`); uploads are decoded by the
-scorer's one rule (`agiqa.data.images.decode_image`) and preprocessed by the model's own preprocessing in worker
-threads, so the event loop only moves bytes. No `from __future__ import annotations` here: FastAPI reads the
-endpoint annotations at runtime.
+The model runs on one inference thread fed by a micro-batcher (`service.batcher`); uploads are parsed
+(`service.uploads`), decoded by the scorer's one rule (`agiqa.data.images.decode_image`) and preprocessed by the
+model's own preprocessing in worker threads, so the event loop only moves bytes. No `from __future__ import
+annotations` here: FastAPI reads the endpoint annotations at runtime.
 """
 
 import argparse
@@ -37,6 +37,24 @@ from agiqa.service.security import (CLIENT_SCOPE_KEY, SHORT_KEY, Access, ClientL
 HEATMAP_SIDE = 512  # longest side of a heat map in an answer (the page stretches it over the image)
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 ROUTES = ("/", "/health", "/info", "/metrics", "/score")
+# POST /score reads its multipart body itself (parsed off the event loop: `service.uploads`); its form, as /docs shows
+SCORE_FORM_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "description": "image files (JPEG, PNG, WebP...), one part each",
+                   "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}},
+        "prompts": {"type": "array", "items": {"type": "string"},
+                    "description": "one prompt per image, in the same order (models that compare image and prompt)"},
+        "explain": {"type": "boolean", "default": False,
+                    "description": "add gate weights, per-expert scores and a heat map where the model has them"}}}}}}}
+SCORE_ERRORS_DOC = {
+    400: {"description": "not a well-formed multipart form"},
+    413: {"description": "over max_upload_bytes or max_images, or no image within max_pixels"},
+    415: {"description": "not multipart/form-data, or a file that is not an image"},
+    422: {"description": "prompts missing or not one per image, no image could be decoded, or a field of the "
+          "wrong kind"},
+    429: {"description": "this client is over its fair share (Retry-After)"},
+    503: {"description": "the queue is full (Retry-After)"},
+    504: {"description": "not scored within timeout_s"}}
 
 
 def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits | None = None,
@@ -46,9 +64,11 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
     at start-up, every object alive (the model, torch, the libraries: hundreds of thousands) leaves the garbage
     collector's sight (gc.freeze), so a full collection takes milliseconds, not the ~170 ms that a request arriving
     meanwhile would wait (tiny model; it was the slowest request of tests/service/test_security.py's flood test)."""
-    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, Response
     from starlette.concurrency import run_in_threadpool
+
+    from agiqa.service.uploads import FormError, Part, body_chunks, parse_form, score_fields
 
     limits = limits or ServiceLimits(max_batch=scorer.batch_size, max_pixels=scorer.max_pixels)
     access = access or Access()
@@ -104,15 +124,14 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.post("/score")
-    async def score(request: Request, images: list[UploadFile] = File(...), prompts: list[str] | None = Form(None),
-                    explain: bool = Form(False)) -> dict:
-        names = [upload.filename or f"image {i}" for i, upload in enumerate(images)]
-        check_request(images, names, prompts)
+    @app.post("/score", openapi_extra=SCORE_FORM_DOC, responses=SCORE_ERRORS_DOC)
+    async def score(request: Request) -> dict:
+        # The loop only awaits the body's chunks; parsing them and decoding the images run in worker threads.
+        chunks = await body_chunks(request)
+        images, names, prompts, explain = await run_in_threadpool(read_form, request.headers["content-type"], chunks)
         client = request.scope.get(CLIENT_SCOPE_KEY)
         clients.charge(client, len(images) - 1)  # the gatekeeper took one image's token already
-        uploads = [await upload.read() for upload in images]
-        decoded = await run_in_threadpool(prepare, uploads, names, prompts)
+        decoded = await run_in_threadpool(prepare, [upload.data for upload in images], names, prompts)
         errors = decoded["errors"]
         for kind in decoded["kinds"]:
             if kind is not None:
@@ -127,7 +146,19 @@ def create_app(scorer: Scorer, model_name: str = "model", limits: ServiceLimits 
         return {"model": model_name, "n_scored": len(decoded["good"]), "n_failed": len(names) - len(decoded["good"]),
                 "results": results}
 
-    def check_request(images: list, names: list[str], prompts: list[str] | None) -> None:
+    def read_form(content_type: str, chunks) -> tuple[list[Part], list[str], list[str] | None, bool]:
+        """(images, their names, prompts, explain) of a /score body, checked against the limits (400 for a body
+        that is not a well-formed form). CPU work: runs in a worker thread."""
+        try:
+            parts = parse_form(content_type, chunks)
+        except FormError as err:
+            raise HTTPException(400, str(err)) from None
+        images, prompts, explain = score_fields(parts)
+        names = [upload.filename or f"image {i}" for i, upload in enumerate(images)]
+        check_request(images, names, prompts)
+        return images, names, prompts, explain
+
+    def check_request(images: list[Part], names: list[str], prompts: list[str] | None) -> None:
         if len(images) > limits.max_images:
             raise HTTPException(413, f"at most {limits.max_images} images per request (max_images), got {len(images)}")
         for name, upload in zip(names, images):
