@@ -126,6 +126,7 @@ def test_full_model_matches_official_layout():
     assert state["swintransformer1.layers.0.blocks.0.attn.relative_position_index"].dtype == torch.int64
     assert model.config.num_patches == 784 and model.config.hooked_blocks == (6, 7, 8, 9)
     assert model.cpu_micro_batch_size() == 1  # a 224 px crop runs alone on CPU
+    assert model.cpu_micro_batch_size(amx=True) == 5  # bf16 on AMX tiles: taller GEMMs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -206,6 +207,17 @@ def test_cpu_inference_runs_in_micro_batches(monkeypatch):
     steps.clear()
     model(x).sum().backward()  # with gradients: one step, as the optimiser sees it
     assert steps == [5]
+    monkeypatch.setattr(maniqa_module, "CPU_MICRO_BATCH_TOKENS_AMX_BF16", 4 * (model.config.num_patches + 1))
+    for flags, expected in (({"avx512_bf16"}, [2, 2, 1]), ({"avx512_bf16", "amx_bf16"}, [4, 1])):
+        monkeypatch.setattr("agiqa.runtime.cpu_flags", lambda flags=flags: frozenset(flags))
+        steps.clear()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        assert steps == expected  # bf16 on AMX tiles: taller steps
+    steps.clear()
+    with torch.inference_mode():
+        model(x)
+    assert steps == [2, 2, 1]  # fp32 does not run on the tiles
 
 
 @pytest.fixture()
