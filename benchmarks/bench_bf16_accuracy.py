@@ -96,13 +96,16 @@ def run(args) -> None:
           f"CPU flags: {cpu_features()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     print(f"model: {args.model} (random weights, seed {args.seed}); {args.n} synthetic images of {args.image_size} px"
-          + (f"; {args.crops} crop(s)" if hasattr(base, "processor") else ""))
+          + (f"; {args.crops} crop(s)" if hasattr(base, "processor") else ""), flush=True)
     results = {}
     for precision in ("fp32", args.low):
         start = time.perf_counter()
         results[precision] = scores(copy.deepcopy(base), inputs, precision, device)
         seconds = time.perf_counter() - start
-        print(f"{precision}: {seconds:.1f} s ({seconds / args.n:.3f} s/image)")
+        print(f"{precision}: {seconds:.1f} s ({seconds / args.n:.3f} s/image)", flush=True)
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            np.save(os.path.join(args.save, f"{args.model}_{precision}_scores.npy"), results[precision])
     ref, low = results["fp32"], results[args.low]
     diff = np.abs(low - ref)
     print(f"\n| {args.low} vs fp32 | value |\n|---|---|")
@@ -129,6 +132,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--save", default="", help="folder: each precision's scores as <model>_<precision>_scores.npy "
+                        "as soon as that pass ends (a long run keeps what it measured)")
     run(parser.parse_args(argv))
 
 

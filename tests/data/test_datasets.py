@@ -5,6 +5,7 @@ import pytest
 from _datahelp import make_root, png_bytes, write_images
 
 from agiqa.data import COLUMNS, get_dataset_info, list_datasets, load_dataset
+from agiqa.data.datasets import load_dataset_targets
 from agiqa.errors import DatasetValidationError
 
 REAL_ROWS = {"agiqa3k": 2982, "agiqa1k": 1080, "aigciqa2023": 2400, "aigiqa20k": 14000}
@@ -179,3 +180,36 @@ def test_missing_images_listed_and_counted(tmp_path):
 def test_missing_label_file(tmp_path):
     with pytest.raises(DatasetValidationError, match=r"label file not found: .*data\.csv"):
         load_dataset("agiqa3k", tmp_path)
+
+
+def test_missing_label_file_names_the_root_it_was_looked_for_in(tmp_path):
+    with pytest.raises(DatasetValidationError, match=rf"is {tmp_path} the agiqa3k root\?"):
+        load_dataset("agiqa3k", tmp_path)
+
+
+def test_load_dataset_targets_gives_one_mos_column_per_target_of_the_real_agiqa3k_labels(shared_data, tmp_path):
+    root = make_root(shared_data, "agiqa3k", tmp_path)
+    write_images(root, load_dataset("agiqa3k", root, check_files=False)["name"])
+    quality = load_dataset("agiqa3k", root, target="quality")
+    alignment = load_dataset("agiqa3k", root, target="alignment")
+
+    frame = load_dataset_targets("agiqa3k", root, ["alignment", "quality"])
+    assert frame.attrs["targets"] == ["alignment", "quality"]
+    assert frame["mos"].tolist() == alignment["mos"].tolist()  # `mos` is the first target's
+    assert frame["mos_alignment"].tolist() == alignment["mos"].tolist()
+    assert frame["mos_quality"].tolist() == quality["mos"].tolist()
+    assert not frame["mos_alignment"].equals(frame["mos_quality"])
+    single = load_dataset_targets("agiqa3k", root, ["alignment"])
+    assert "targets" not in single.attrs and single["mos"].tolist() == alignment["mos"].tolist()
+    assert load_dataset_targets("agiqa3k", root)["mos"].tolist() == quality["mos"].tolist()  # the default target
+
+
+def test_load_dataset_targets_of_a_plain_csv_reads_each_target_from_its_score_column(tmp_path):
+    write_images(tmp_path, ["a.png", "b.png", "c.png"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("image,looks,matches\na.png,1.5,4\nb.png,2.5,3\nc.png,3.5,2\n")
+
+    frame = load_dataset_targets("csv", None, ["looks", "matches"], csv=str(csv))
+    assert frame["mos_looks"].tolist() == [1.5, 2.5, 3.5] and frame["mos_matches"].tolist() == [4, 3, 2]
+    with pytest.raises(DatasetValidationError, match="missing"):
+        load_dataset_targets("csv", None, ["looks", "nope"], csv=str(csv))

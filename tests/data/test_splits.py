@@ -7,6 +7,7 @@ from _datahelp import make_root
 from agiqa.data import load_dataset
 from agiqa.data.splits import (
     Split,
+    dataset_split,
     kfold_split,
     make_split,
     official_split,
@@ -292,3 +293,22 @@ def test_from_json_reads_minimal_files_and_names_every_problem(tmp_path):
     with pytest.raises(DatasetValidationError) as err:
         Split.from_json(path)
     assert str(err.value).startswith(f"{path}: not a split file (invalid JSON: Expecting value")
+
+
+def test_dataset_split_is_the_method_split_the_split_file_or_every_row_in_test(tmp_path):
+    frame = pd.DataFrame({"prompt": [f"p{i}" for i in range(50)]})
+    frame.attrs["dataset"] = "agiqa3k"
+    made = dataset_split(frame, method="random", seed=4)
+    assert made.sizes() == random_split(50, 4).sizes() and made.test == random_split(50, 4).test
+    made.to_json(tmp_path / "split.json")
+    assert dataset_split(frame, split_file=tmp_path / "split.json").test == made.test
+    with pytest.raises(DatasetValidationError, match="made for 50 rows, the dataset has 49"):
+        dataset_split(frame.iloc[:49], split_file=tmp_path / "split.json")
+    everything = dataset_split(frame, every_row_in_test=True)
+    assert everything.test == list(range(50)) and not everything.train and everything.dataset == "agiqa3k"
+
+
+def test_check_disjoint_names_a_row_in_two_parts():
+    Split(train=[0, 1], val=[2], test=[3], method="random", seed=0, n=4).check_disjoint()
+    with pytest.raises(DatasetValidationError, match="row 2 is in both the val and test parts"):
+        Split(train=[0, 1], val=[2], test=[2, 3], method="random", seed=0, n=4).check_disjoint()

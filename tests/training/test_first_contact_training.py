@@ -47,6 +47,16 @@ def test_readme_synthetic_lines_train_and_evaluate_reproduces_the_runs_numbers(t
     assert list(ours["name"]) == list(theirs["name"])
     np.testing.assert_allclose(theirs["prediction"], ours["prediction"], rtol=0, atol=1e-6)
 
+    # `--subset all` scores every row of the data (it used to score the split's test part all the same).
+    assert main(["evaluate", str(run / "model"), "--dataset", "agiqa3k", "--root", str(data), "--subset", "all",
+                 "--out", str(tmp_path / "eval_all")]) == 0
+    every = json.loads((tmp_path / "eval_all" / "metrics.json").read_text())
+    assert every["n_scored"] == every["n_test"] == 120
+    every_row = pd.read_csv(tmp_path / "eval_all" / "predictions.csv")
+    assert sorted(every_row["name"]) == sorted(load_dataset("agiqa3k", data)["name"])
+    np.testing.assert_allclose(every_row.set_index("name").loc[ours["name"], "prediction"], ours["prediction"],
+                               rtol=0, atol=1e-6)  # the test part's rows keep their scores
+
     # The folder loads under the name the training log prints, with its own config (4 px patches, not the
     # registered tiny model's 8), where it used to fail with a shape mismatch.
     model = create_model("test_ma_agiqa", pretrained=str(run / "model"))

@@ -123,7 +123,7 @@ def load_dataset(
     missing on disk when `check_files`) is collected and raised as one `DatasetValidationError`.
     """
     spec = _resolve_spec(name, root, target, opts)
-    table = _read_csv(spec.label_path)
+    table = _read_csv(_existing_label_file(spec))
     problems = _column_problems(table, spec)
     side: dict[str, pd.Series] = {}
     if not problems:
@@ -139,12 +139,38 @@ def load_dataset(
     return frame
 
 
+def load_dataset_targets(name: str, root: str | os.PathLike | None, targets: list[str] | None = None,
+                         **opts) -> pd.DataFrame:
+    """`load_dataset` for a run's targets: None gives the dataset's default target, one name that target (for the
+    generic CSV, a target names its score column); two or more add one `mos_<target>` column each (`mos` stays the
+    first target's) and `frame.attrs["targets"]`. Image files are checked once, with the first target."""
+    frames = [load_dataset(name, root, check_files=index == 0, **_target_options(name, target, opts))
+              for index, target in enumerate(targets or [None])]
+    if len(frames) == 1:
+        return frames[0]
+    frame = frames[0].copy()
+    for target, target_frame in zip(targets, frames):
+        frame[f"mos_{target}"] = target_frame["mos"].to_numpy()
+    frame.attrs["targets"] = list(targets)
+    return frame
+
+
+def _target_options(name: str, target: str | None, opts: dict) -> dict:
+    if target is None:
+        return dict(opts)
+    return {**opts, "score_col": target} if name == GENERIC else {**opts, "target": target}
+
+
 def check_label_file(name: str, root: str | os.PathLike | None, target: str | None = None, **opts) -> Path:
     """The dataset's label file, or a `DatasetValidationError` naming it when it is not there: a cheap check that
     commands run before building models, so a wrong root is reported first."""
-    spec = _resolve_spec(name, root, target, opts)
+    return _existing_label_file(_resolve_spec(name, root, target, opts))
+
+
+def _existing_label_file(spec: _Spec) -> Path:
     if not spec.label_path.is_file():
-        raise DatasetValidationError(f"label file not found: {spec.label_path} (is {spec.root} the {name} root?)")
+        raise DatasetValidationError(f"label file not found: {spec.label_path} (is {spec.root} the {spec.dataset} "
+                                     "root?)")
     return spec.label_path
 
 
@@ -213,8 +239,6 @@ def _reject_unknown_options(name: str, opts: dict, allowed: tuple[str, ...]) -> 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """Label CSV as strings (so bad numbers can be reported as written); CRLF and a UTF-8 BOM are fine."""
-    if not path.is_file():
-        raise DatasetValidationError(f"label file not found: {path}")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

@@ -13,6 +13,7 @@ from agiqa.errors import DatasetValidationError
 METHODS = ("official", "random", "kfold", "prompt_disjoint")
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)
 OFFICIAL_SEED = 20
+PARTS = ("train", "val", "test")
 
 
 @dataclass
@@ -48,6 +49,15 @@ class Split:
             problems.append(f"{uncovered} row(s) are in no part")
         if problems:
             raise DatasetValidationError(f"invalid {self.method} split: " + "; ".join(problems))
+
+    def check_disjoint(self) -> None:
+        """Raise if any row index sits in two parts (a test image must never be trained on)."""
+        seen: dict[int, str] = {}
+        for part in PARTS:
+            for row in getattr(self, part):
+                if row in seen:
+                    raise DatasetValidationError(f"row {row} is in both the {seen[row]} and {part} parts of the split")
+                seen[row] = part
 
     def to_json(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -207,4 +217,20 @@ def make_split(
     else:
         raise ValueError(f"unknown split method {method!r}; choose one of {', '.join(METHODS)}")
     split.dataset = frame.attrs.get("dataset")
+    return split
+
+
+def dataset_split(frame: pd.DataFrame, split_file: str | os.PathLike | None = None, method: str = "official",
+                  seed: int = OFFICIAL_SEED, k: int = 5, fold: int = 0, every_row_in_test: bool = False) -> Split:
+    """The split a run uses for `frame`, its parts checked disjoint: every row in `test` (cross-dataset testing),
+    else `split_file`'s (checked against the frame), else `make_split`'s."""
+    if every_row_in_test:
+        split = Split(train=[], val=[], test=list(range(len(frame))), method="all", seed=None,
+                      dataset=frame.attrs.get("dataset"), n=len(frame))
+    elif split_file:
+        split = Split.from_json(split_file)
+        split.validate(len(frame))
+    else:
+        split = make_split(frame, method=method, seed=seed, k=k, fold=fold)
+    split.check_disjoint()
     return split

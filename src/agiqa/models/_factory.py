@@ -11,7 +11,7 @@ from torch import nn
 
 from agiqa.errors import AgiqaError
 from agiqa.models._builder import load_pretrained
-from agiqa.models._registry import architecture_family, get_pretrained_cfg, model_entrypoint, split_model_name_tag
+from agiqa.models._registry import architecture_family, get_pretrained_cfg, model_entrypoint
 
 _logger = logging.getLogger(__name__)
 
@@ -39,12 +39,11 @@ def create_model(
         **kwargs: model config overrides; None values are dropped.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    arch, _ = split_model_name_tag(model_name)
     entrypoint = model_entrypoint(model_name)
+    pretrained_cfg = get_pretrained_cfg(model_name)
     folder_arch = _saved_folder_architecture(model_name, pretrained)
     if folder_arch is not None:
         entrypoint = model_entrypoint(folder_arch)  # the family's plain entrypoint: no default sizes over the folder's
-    pretrained_cfg = get_pretrained_cfg(model_name)
     if pretrained_cfg is not None and pretrained_cfg_overlay:
         pretrained_cfg = dataclasses.replace(pretrained_cfg, **pretrained_cfg_overlay)
     model = entrypoint(pretrained=pretrained, pretrained_cfg=pretrained_cfg, cache_dir=cache_dir, **kwargs)

@@ -64,11 +64,12 @@ def prepare_model(
     On CPU it also calls :func:`agiqa.runtime.keep_freed_memory` (no page faults on re-used activation memory).
     """
     device = resolve_device(device)
+    precision = None if precision is None else resolve_precision(precision, device)
     if device.type == "cpu":
         keep_freed_memory()
     model = model.to(device).eval()
     if precision is not None:
-        keep_low_precision_weights(model, resolve_precision(precision, device))
+        keep_low_precision_weights(model, precision)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:

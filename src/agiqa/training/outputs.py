@@ -20,7 +20,7 @@ def predictions_frame(frame: pd.DataFrame, rows, predictions, extra: dict | None
     """One row per scored image: name, path, generator, prompt, the dataset's prompt attributes (if any), MOS,
     prediction, then `extra` columns (per-expert gates and scores).
 
-    A multi-target frame (`frame.attrs["targets"]`, see `training.resolve.load_frame`) takes (n, T)
+    A multi-target frame (`frame.attrs["targets"]`, see `data.datasets.load_dataset_targets`) takes (n, T)
     predictions and gets `mos_<target>`, `prediction_<target>` column pairs instead of `mos`, `prediction`.
     """
     picked = frame.iloc[list(rows)]

@@ -82,8 +82,8 @@ def reproduce_zero_shot(spec: str, data: DataSection, seeds: int, out_dir: str |
     def run(kind: str, seed: int) -> tuple[dict, ResolvedData]:
         seed_data, folder = seed_split(data, seed, kind), out / kind / f"seed{seed}"
         model = evaluated_model(spec, seed_data)
-        experiment = resolve_evaluation(spec, model, seed_data, folder, precision)
-        return evaluate_experiment(spec, model, experiment, folder, device), experiment.data
+        experiment = resolve_evaluation(spec, model, seed_data, folder, precision, device)
+        return evaluate_experiment(spec, model, experiment, folder), experiment.data
 
     return run_seeds(run, spec, data.dataset, seeds, out, splits)
 

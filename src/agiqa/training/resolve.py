@@ -16,15 +16,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from agiqa.data.datasets import GENERIC, check_label_file, get_dataset_info, load_dataset
-from agiqa.data.splits import Split, make_split
+from agiqa.data.datasets import GENERIC, get_dataset_info, load_dataset_targets
+from agiqa.data.splits import Split, dataset_split
 from agiqa.errors import ConfigError, DatasetValidationError
 from agiqa.models import needs_semantic
 from agiqa.models._factory import model_targets
 from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.training.config import DataSection, TrainConfig
 
-SPLIT_PARTS = ("train", "val", "test")
 ALL_TARGETS = "all"
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 MA_AGIQA_ABLATION = '--set "model.kwargs.semantic_experts=[]"'
@@ -58,12 +57,14 @@ class Experiment:
     """A run resolved once: `config` is the recipe as given (model, optim, trainer, output folder); `data` the
     training dataset; `test` what the chosen epoch is tested on, `data` itself (its split's test part) or the
     cross-dataset `test.dataset`; `trainer_precision` Lightning's name of the training precision ("auto" decided
-    for this machine) and `test_precision` the scoring precision of the test (fp32, bf16, fp16 or auto)."""
+    for this machine); `test_device` and `test_precision` (fp32, bf16 or fp16, decided for that device) what the
+    test is scored on and in."""
 
     config: TrainConfig
     data: ResolvedData
     test: ResolvedData
     trainer_precision: str
+    test_device: torch.device
     test_precision: str
 
     @property
@@ -73,17 +74,14 @@ class Experiment:
 
 def resolve_experiment(config: TrainConfig) -> Experiment:
     """`config` checked and resolved before any model is built or anything is written, in this order: its values
-    (`TrainConfig.check`), the targets, the label files (a wrong root is reported before any label is read), the
-    training labels and split sizes, an MA-AGIQA's semantic features, the target weights, then the cross-dataset
-    test set's labels. Every mistake is one `AgiqaError` naming the key or file."""
+    (`TrainConfig.check`), the targets (of the cross-dataset test set too), the training labels and split sizes, an
+    MA-AGIQA's semantic features, the target weights, then the cross-dataset test set's labels. Every mistake is one
+    `AgiqaError` naming the key or file."""
     config.check()
     section = with_image_cache(config.data)
     targets = resolve_targets(section)
     test_section = cross_dataset_section(config, section, targets)
-    check_data_root(section, targets)
     test_targets = resolve_targets(test_section) if test_section else None
-    if test_section:
-        check_data_root(test_section, test_targets)
     data = resolve_data(section, targets)
     check_split_sizes(config, data.split)
     check_semantic_features_early(config)
@@ -91,16 +89,19 @@ def resolve_experiment(config: TrainConfig) -> Experiment:
     subset = "all" if config.test.subset == "all" else "split"
     test = resolve_data(test_section, test_targets, subset) if test_section else data
     precision = lightning_precision(config.trainer.precision, config.trainer.accelerator)
-    return Experiment(config, data, test, precision, inference_precision(precision))
+    device = resolve_device(None)
+    return Experiment(config, data, test, precision, device, resolve_precision(inference_precision(precision), device))
 
 
 def resolve_evaluation(model_dir: str | Path, model: torch.nn.Module, data: DataSection, out_dir: str | Path,
-                       precision: str = "auto") -> Experiment:
+                       precision: str = "auto", device: str | torch.device | None = None,
+                       subset: str = "split") -> Experiment:
     """What `agiqa evaluate` scores, checked and resolved once its model is loaded: a zero-shot VLM (`vlm:<id>`)
     reads its level answers from `data.features.cache` (default OUT/features); a saved model needs a feature cache
     where it has semantic experts and an image size it takes, and is scored in the precision its run tested it in
-    (`recorded_precision`) where `precision` is "auto"; a multi-target model is scored on its own targets. An
-    evaluation trains nothing: its config is a default `TrainConfig` of its data."""
+    (`recorded_precision`) where `precision` is "auto" (else "auto" is decided for `device`); a multi-target model
+    is scored on its own targets; `subset="all"` scores every row. An evaluation trains nothing: its config is a
+    default `TrainConfig` of its data."""
     from agiqa.models.vlm_levels import is_vlm_spec
 
     if is_vlm_spec(model_dir):
@@ -114,18 +115,20 @@ def resolve_evaluation(model_dir: str | Path, model: torch.nn.Module, data: Data
         if precision == "auto":
             precision = recorded_precision(model_dir) or precision
     section = with_image_cache(with_model_targets(data, model_targets(model)))
-    resolved = resolve_data(section, resolve_targets(section))
+    resolved = resolve_data(section, resolve_targets(section), subset)
     config = TrainConfig(data=section)
     trainer_precision = lightning_precision(config.trainer.precision, config.trainer.accelerator)
-    return Experiment(config, resolved, resolved, trainer_precision, precision)
+    device = resolve_device(device)
+    return Experiment(config, resolved, resolved, trainer_precision, device, resolve_precision(precision, device))
 
 
 def resolve_data(section: DataSection, targets: list[str] | None, subset: str = "split") -> ResolvedData:
     """`section`'s labels (validated), split (`subset="all"`: every row in `test`, for cross-dataset testing) and
     MOS, for `targets` (`resolve_targets`)."""
-    frame = load_frame(section, targets)
-    split = split_frame(section, frame, subset)
-    check_disjoint(split)
+    options = dataset_options(section)
+    frame = load_dataset_targets(section.dataset, section.root, targets, **options)
+    split = dataset_split(frame, section.split_file, section.split_method, section.split_seed, section.k,
+                          section.fold, every_row_in_test=subset == "all")
     return ResolvedData(section, multi_targets(targets), frame, split, target_mos(frame))
 
 
@@ -194,41 +197,8 @@ def cross_dataset_section(config: TrainConfig, data: DataSection, targets: list[
                                target=target, csv=None, split_file=None)
 
 
-def check_data_root(config: DataSection, targets: list[str] | None) -> None:
-    """Fail fast, before any model is built, when the configured dataset has no label file: the error names the root
-    it was looked for in."""
-    check_label_file(config.dataset, config.root, **_reader_options(config, targets[0] if targets else None))
-
-
-def load_frame(config: DataSection, targets: list[str] | None) -> pd.DataFrame:
-    """The dataset's label frame (columns name, path, prompt, mos, generator), validated.
-
-    Multi-target runs add one `mos_<target>` column per target (`mos` stays the first target's) and
-    `frame.attrs["targets"]`.
-    """
-    multi = multi_targets(targets)
-    options = [_reader_options(config, target) for target in multi or [targets[0] if targets else None]]
-    frames = [load_dataset(config.dataset, config.root, **option) for option in options]
-    if multi is None:
-        return frames[0]
-    frame = frames[0].copy()
-    for target, target_frame in zip(multi, frames):
-        frame[f"mos_{target}"] = target_frame["mos"].to_numpy()
-    frame.attrs["targets"] = multi
-    return frame
-
-
-def _reader_options(config: DataSection, target: str | None) -> dict:
-    """Dataset-reader arguments for one target: a benchmark's target, or a plain CSV's score column (None: the
-    dataset's default, as configured)."""
-    if target is None:
-        return {"target": None, **_dataset_options(config)}
-    if config.dataset == GENERIC:
-        return {**_dataset_options(config), "score_col": target}
-    return {"target": target, **_dataset_options(config)}
-
-
-def _dataset_options(config: DataSection) -> dict:
+def dataset_options(config: DataSection) -> dict:
+    """The reader options of a data section that are set (a plain CSV's file and columns)."""
     options = dict(csv=config.csv, image_col=config.image_col, score_col=config.score_col, prompt_col=config.prompt_col)
     return {key: value for key, value in options.items() if value is not None}
 
@@ -238,28 +208,6 @@ def target_mos(frame: pd.DataFrame) -> torch.Tensor:
     targets = frame.attrs.get("targets")
     columns = [f"mos_{target}" for target in targets] if targets else "mos"
     return torch.tensor(frame[columns].to_numpy(), dtype=torch.float32)
-
-
-def split_frame(config: DataSection, frame: pd.DataFrame, subset: str = "split") -> Split:
-    """The configured split of `frame`; `subset="all"` puts every row in `test` (cross-dataset testing)."""
-    if subset == "all":
-        return Split(train=[], val=[], test=list(range(len(frame))), method="all", seed=None,
-                     dataset=config.dataset, n=len(frame))
-    if config.split_file:
-        split = Split.from_json(config.split_file)
-        split.validate(len(frame))
-        return split
-    return make_split(frame, method=config.split_method, seed=config.split_seed, k=config.k, fold=config.fold)
-
-
-def check_disjoint(split: Split) -> None:
-    """Raise if any row index sits in two split parts (a test image must never be trained on)."""
-    seen: dict[int, str] = {}
-    for part in SPLIT_PARTS:
-        for row in getattr(split, part):
-            if row in seen:
-                raise DatasetValidationError(f"row {row} is in both the {seen[row]} and {part} parts of the split")
-            seen[row] = part
 
 
 def check_split_sizes(config: TrainConfig, split: Split) -> None:

@@ -24,7 +24,6 @@ from agiqa.models._card import MOS_DISTRIBUTION_FILE, write_model_card, write_mo
 from agiqa.models._config import UnknownConfigFieldError, without_weight_sources
 from agiqa.models._factory import model_targets, saved_config
 from agiqa.models._registry import UnknownModelError
-from agiqa.runtime import resolve_device, resolve_precision
 from agiqa.scoring.inference import inference_context, prepare_model
 from agiqa.training.config import DataSection, TrainConfig
 from agiqa.training.datamodule import AGIQADataModule
@@ -165,7 +164,7 @@ def test_best_epoch(experiment: Experiment, datamodule: AGIQADataModule, out: Pa
     # Tested in the precision it was trained in: a 32-true run reports fp32 metrics even on a bf16-capable CPU; the
     # precision goes into metrics.json, where `agiqa evaluate` of model/ finds it and scores the same way.
     title = f"{experiment.config.model.name} on {experiment.test.frame.attrs.get('dataset', '')}"
-    metrics = evaluate_module(module.model, datamodule, out, title=title, precision=experiment.test_precision)
+    metrics = evaluate_module(module.model, datamodule, out, experiment.test_device, experiment.test_precision, title)
     metrics["best_checkpoint"] = str(chosen)
     metrics["epoch_selected_on"] = "test (--official-quirks)" if datamodule.select_on_test else "val"
     logs = sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
@@ -333,27 +332,26 @@ def load_trained_module(checkpoint: str | Path) -> IQAModule:
     return module.eval()
 
 
-def predict_rows(model: torch.nn.Module, loader, device: str | torch.device | None = None,
-                 precision: str = "auto") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rows, columns) for every batch of an evaluation loader: `prediction` ((n,), or (n, T) for a multi-target
-    model), and for models with experts `gate_<expert>` / `expert_<expert>` from the same forward pass
-    (`model.explain`, as `agiqa score` does)."""
+def predict_rows(model: torch.nn.Module, loader, device: torch.device,
+                 precision: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rows, columns) for every batch of an evaluation loader, scored on `device` in `precision`: `prediction`
+    ((n,), or (n, T) for a multi-target model), and for models with experts `gate_<expert>` / `expert_<expert>` from
+    the same forward pass (`model.explain`, as `agiqa score` does)."""
     from agiqa.models._factory import expert_names, explanation_columns
 
-    device = resolve_device(device)
     model = prepare_model(model, device)
     experts = expert_names(model)
     targets = model_targets(model)
     rows, parts = [], []
-    for batch in loader:
-        inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        with inference_context(precision, device):
+    with inference_context(precision, device):
+        for batch in loader:
+            inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
             if experts:
                 part = prediction_column(explanation_columns(model, inputs, experts), targets)
             else:
                 part = {"prediction": model_scores(model, inputs)}
-        rows.append(batch["row"].numpy())
-        parts.append({name: value.float().cpu().numpy() for name, value in part.items()})
+            rows.append(batch["row"].numpy())
+            parts.append({name: value.float().cpu().numpy() for name, value in part.items()})
     return np.concatenate(rows), {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
@@ -367,9 +365,10 @@ def prediction_column(columns: dict, targets: list[str]) -> dict:
     return {"prediction": score, **columns}
 
 
-def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir: str | Path, title: str = "",
-                    device: str | None = None, precision: str = "auto") -> dict:
-    """Score the datamodule's test part and write predictions, metrics, report and plot into `out_dir`."""
+def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir: str | Path, device: torch.device,
+                    precision: str, title: str = "") -> dict:
+    """Score the datamodule's test part on `device` in `precision` (as resolved: fp32, bf16 or fp16) and write
+    predictions, metrics, report and plot into `out_dir`."""
     rows, columns = predict_rows(model, datamodule.test_dataloader(), device, precision)
     frame = datamodule.test_data.frame
     predictions = predictions_frame(frame, rows, columns.pop("prediction"), columns)
@@ -377,7 +376,7 @@ def evaluate_module(model: torch.nn.Module, datamodule: AGIQADataModule, out_dir
     metrics["targets"] = list(frame.attrs.get("targets") or [frame.attrs.get("target")])  # what `mos` measures
     metrics["n_scored"] = int(len(rows))
     metrics["n_test"] = int(len(datamodule.test_data.split.test))
-    metrics["precision"] = resolve_precision(precision, resolve_device(device))  # what the scores were computed in
+    metrics["precision"] = precision  # what the scores were computed in
     return metrics
 
 
@@ -386,11 +385,11 @@ def evaluate(model_dir: str | Path, data: DataSection, out_dir: str | Path, subs
     """Evaluate a saved model directory (`save_pretrained` output or a run's `model/`) on a dataset, or a zero-shot
     VLM (`vlm:<id>`, `vlm-alignment:<id>`: its level features are extracted into `data.features.cache`, default
     OUT/features). `precision="auto"` scores a run's `model/` in the precision the run tested it in
-    (`recorded_precision`), so the numbers are the run's own. The data's split test part is scored: `subset` is not
-    applied (as before: `--subset all` scores the test part too)."""
+    (`recorded_precision`), so the numbers are the run's own. `subset`: "split" scores the split's test part, "all"
+    every row of the data (cross-dataset testing)."""
     model = evaluated_model(model_dir, data)
-    return evaluate_experiment(model_dir, model, resolve_evaluation(model_dir, model, data, out_dir, precision),
-                               out_dir, device)
+    experiment = resolve_evaluation(model_dir, model, data, out_dir, precision, device, subset)
+    return evaluate_experiment(model_dir, model, experiment, out_dir)
 
 
 def evaluated_model(model_dir: str | Path, data: DataSection) -> torch.nn.Module:
@@ -403,8 +402,8 @@ def evaluated_model(model_dir: str | Path, data: DataSection) -> torch.nn.Module
     return create_model(saved_architecture(model_dir), pretrained=str(model_dir))
 
 
-def evaluate_experiment(model_dir: str | Path, model: torch.nn.Module, experiment: Experiment, out_dir: str | Path,
-                        device: str | None = None) -> dict:
+def evaluate_experiment(model_dir: str | Path, model: torch.nn.Module, experiment: Experiment,
+                        out_dir: str | Path) -> dict:
     """Score the experiment's test part with `model` (of `model_dir`) and write predictions, metrics, report, plot
     and the split into `out_dir`."""
     from agiqa.models.vlm_levels import is_vlm_spec
@@ -412,8 +411,8 @@ def evaluate_experiment(model_dir: str | Path, model: torch.nn.Module, experimen
     datamodule = AGIQADataModule(experiment, **processing(model))
     datamodule.prepare_data()
     datamodule.setup("test")
-    metrics = evaluate_module(model, datamodule, out_dir, title=f"{model_dir} on {experiment.data.section.dataset}",
-                              device=device, precision=experiment.test_precision)
+    metrics = evaluate_module(model, datamodule, out_dir, experiment.test_device, experiment.test_precision,
+                              title=f"{model_dir} on {experiment.data.section.dataset}")
     metrics["model_dir"] = str(model_dir) if is_vlm_spec(model_dir) else str(Path(model_dir).resolve())  # heat maps
     experiment.test.split.to_json(Path(out_dir) / "split.json")
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
