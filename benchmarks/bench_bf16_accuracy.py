@@ -1,6 +1,6 @@
 """How far bf16 scores are from fp32 scores: the accuracy bound of ``precision="auto"`` on bf16 CPUs and GPUs.
 
-    python benchmarks/bench_bf16_accuracy.py --model maniqa --n 2000                  # ~25 min on 2 Xeon cores
+    python benchmarks/bench_bf16_accuracy.py --model maniqa --n 2000                  # ~45 min on 2 Xeon cores
     python benchmarks/bench_bf16_accuracy.py --model moe_agiqa --n 500 --crops 1      # MoE-AGIQA, one crop
     python benchmarks/bench_bf16_accuracy.py --model test_maniqa --n 64 --image-size 32   # seconds (smoke test)
 
