@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 
@@ -117,6 +118,7 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirect
 def main(argv: list[str] | None = None) -> int:
     from agiqa.errors import AgiqaError
 
+    from_console = argv is None  # the `agiqa` command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
@@ -136,7 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                        f"pip install 'agiqa[{extra}]'", args.verbose)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if from_console:
+            _exit_now(130)
         return 130
+
+
+def _exit_now(code: int) -> None:
+    """Leave an interrupted command at once: Python's exit would wait for data-loader workers and queue threads, a
+    wait that can hang; what the command wrote is safe already (its files are as after kill -9, which resumes)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def user_message(err: BaseException) -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -159,3 +160,32 @@ def test_an_output_folder_of_another_setup_is_never_mixed_in(tmp_path, capsys):
     assert main(args[:-1] + [str(tmp_path / "other")]) == 0
     assert main(args[:-1] + [str(tmp_path / "other"), "--precision", "fp32"]) == 2
     assert "differs in ['precision']" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_the_agiqa_command_at_once_even_with_a_thread_that_never_ends():
+    """An interrupted `agiqa` exits 130 without waiting for what Python's exit joins (here a thread that never ends,
+    as a data-loader queue thread stuck on a full pipe: `agiqa score` once hung there after printing "interrupted");
+    `main([...])` called from Python still returns 130."""
+    script = textwrap.dedent("""
+        import argparse, sys, threading
+        import agiqa.cli as cli
+
+        def interrupted(args):
+            threading.Thread(target=threading.Event().wait).start()  # never ends, not a daemon
+            raise KeyboardInterrupt
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--verbose", action="store_true")
+        parser.set_defaults(func=interrupted)
+        cli.build_parser = lambda command: parser
+        if sys.argv[1] == "python":
+            print("returned", cli.main([]), flush=True)
+            import os
+            os._exit(0)
+        sys.argv = ["agiqa"]
+        sys.exit(cli.main())
+    """)
+    done = subprocess.run([sys.executable, "-c", script, "console"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and "interrupted" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    called = subprocess.run([sys.executable, "-c", script, "python"], capture_output=True, text=True, timeout=60)
+    assert "returned 130" in called.stdout, called.stderr
