@@ -93,3 +93,63 @@ def test_the_scorer_casts_the_models_it_builds_not_the_modules_it_is_given():
     given = create_model("test_maniqa").eval()
     Scorer(given, device="cpu", precision="bf16")
     assert {p.dtype for p in given.parameters()} == {torch.float32}
+
+
+def _ops_called(model, inputs) -> set[str]:
+    """Names of the aten / mkldnn ops one bf16 forward of ``model`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        _run(model, inputs, "bf16")
+    return recorder.names
+
+
+def test_bf16_linears_run_through_onednn_with_the_addmm_scores(monkeypatch):
+    """Where this CPU's oneDNN runs bf16, the kept bf16 linears call its fused-bias linear; scores are those of the
+    addmm path bit for bit, the state dict keeps its names."""
+    from agiqa.scoring import inference
+
+    if not inference.onednn_bf16_linear_available():
+        pytest.skip("this CPU's oneDNN has no bf16 kernels: the layers stay nn.Linear (next test)")
+    for name, model, inputs in _tiny_models_and_inputs():
+        fast = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
+        with monkeypatch.context() as patch:
+            patch.setattr(inference, "onednn_bf16_linear_available", lambda: False)
+            plain = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
+        swapped = [n for n, m in fast.named_modules() if isinstance(m, inference.OneDNNLinear)]
+        assert swapped and not any(isinstance(m, inference.OneDNNLinear) for m in plain.modules()), name
+        assert not any(n.startswith(("fc_score", "regressor")) for n in swapped), name  # fp32 heads untouched
+        assert "mkldnn._linear_pointwise" in _ops_called(fast, inputs), name
+        assert "mkldnn._linear_pointwise" not in _ops_called(plain, inputs), name
+        assert torch.equal(_run(fast, inputs, "bf16"), _run(plain, inputs, "bf16")), name
+        assert list(fast.state_dict()) == list(model.state_dict()), name
+
+
+def test_onednn_linear_is_a_plain_linear_without_bf16_kernels_with_gradients_or_in_fp16(monkeypatch):
+    from agiqa.scoring import inference
+
+    name, model, inputs = _tiny_models_and_inputs()[0]
+    monkeypatch.setattr(inference, "onednn_bf16_linear_available", lambda: False)
+    kept = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
+    assert not any(isinstance(m, inference.OneDNNLinear) for m in kept.modules())
+    monkeypatch.setattr(inference, "onednn_bf16_linear_available", lambda: True)
+    fp16 = prepare_model(copy.deepcopy(model), device="cpu", precision="fp16")
+    assert not any(isinstance(m, inference.OneDNNLinear) for m in fp16.modules())
+
+    torch.manual_seed(0)
+    layer, reference = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    reference.load_state_dict(layer.state_dict())
+    layer.__class__ = inference.OneDNNLinear
+    x = torch.randn(3, 8, requires_grad=True)
+    layer(x).sum().backward()  # fp32 weights, gradients on: nn.Linear's own forward
+    reference(x.detach().requires_grad_()).sum().backward()
+    assert torch.equal(layer.weight.grad, reference.weight.grad)
