@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from _scripts import load_script
@@ -87,3 +88,24 @@ def test_maniqa_profile_splits_the_forward_into_kinds_of_work(capsys, monkeypatc
     assert {"GEMM / conv", "fused attention", "conversions / copies", "norms", "GELU", "other"} <= set(shares)
     assert abs(sum(shares.values()) - 100) < 0.5 and shares["GEMM / conv"] > 0
     assert re.search(r"GEMM rate .*: \d+ GFLOP/s = \d+ % of the matmul peak", out)
+
+
+@pytest.mark.parametrize("model", ["maniqa", "moe_agiqa"])
+def test_bench_linears_times_onednn_against_addmm_on_the_same_scores(capsys, monkeypatch, model):
+    from agiqa.scoring.inference import onednn_bf16_linear_available
+
+    bench = load_script("bench_linears", monkeypatch)
+    args = ["--size", "tiny", "--model", model, "--batch", "1", "2", "--crops", "2", "--iters", "2", "--threads", "1"]
+    if not onednn_bf16_linear_available():
+        with pytest.raises(SystemExit, match="no bf16 kernels"):
+            bench.main(args)
+        return
+    bench.main(args)
+    out = capsys.readouterr().out
+    swapped = int(re.search(r"bf16, (\d+) linears through oneDNN", out).group(1))
+    assert swapped > 0
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| ([\d.e+-]+) \|$", out, flags=re.M)
+    assert [int(r[0]) for r in rows] == [1, 2]
+    for _, addmm, onednn, ratio, diff in rows:
+        assert float(addmm) > 0 and float(onednn) > 0 and float(ratio) > 0
+        assert float(diff) == 0.0  # the same kernels: the same scores
