@@ -110,10 +110,10 @@ class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose gradient-free CPU forward with bf16 weights calls oneDNN's linear with the bias fused
     (``torch.ops.mkldnn._linear_pointwise``, the op inductor uses) instead of ``addmm``, which first copies the bias
     into the output and then accumulates onto it. Same kernels, same scores bit for bit
-    (``tests/scoring/test_inference.py``), one pass over the output less: MANIQA bf16 on 2 AMX cores 1.03-1.06x at
-    batch 1, 1.07-1.10x at batch 4-8. The input is cast to the weight's dtype, as autocast casts it. With gradients,
-    on other devices or dtypes, and under ``torch.compile`` (whose CPU freezing makes its own oneDNN linears) it is a
-    plain ``nn.Linear``. Parameters and state-dict names are ``nn.Linear``'s.
+    (``tests/scoring/test_inference.py``), one pass over the output less: bf16 MANIQA and MoE-AGIQA 1.03-1.09x on
+    2 AMX cores (``benchmarks/bench_linears.py``). The input is cast to the weight's dtype, as autocast casts it.
+    With gradients, on other devices or dtypes, and under ``torch.compile`` (whose CPU freezing makes its own oneDNN
+    linears) it is a plain ``nn.Linear``. Parameters and state-dict names are ``nn.Linear``'s.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
