@@ -5,7 +5,9 @@
     python benchmarks/bench_linears.py --model moe_agiqa --crops 15 --batch 1 --iters 3   # CPU: ~2 min
 
 Both sides are the same seeded random-weight model prepared as the Scorer prepares it in bf16 (trunk weights kept in
-bf16); the addmm side is prepared with ``onednn_bf16_linear_available`` switched off. Each timed run does one
+bf16), the oneDNN side with ``prefers_onednn_bf16_linear`` switched on (the Scorer switches it on only on AMX CPUs:
+run this on another CPU with bf16 kernels, e.g. Zen 4, to see whether it should), the addmm side with it switched
+off. Each timed run does one
 forward of each side back to back (the order alternates), so a busy spell on a shared machine hits both: the ratio
 is the median of the per-run ratios, times are best-of. The scores of both sides are compared element by element.
 """
@@ -42,8 +44,9 @@ def build(name: str) -> torch.nn.Module:
 
 def both_sides(name: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(oneDNN linears, addmm linears): the same weights, each prepared for bf16 as the Scorer prepares it."""
-    onednn = prepare_model(build(name), device=device, precision="bf16")
-    with mock.patch.object(inference, "onednn_bf16_linear_available", return_value=False):
+    with mock.patch.object(inference, "prefers_onednn_bf16_linear", return_value=True):
+        onednn = prepare_model(build(name), device=device, precision="bf16")
+    with mock.patch.object(inference, "prefers_onednn_bf16_linear", return_value=False):
         addmm = prepare_model(build(name), device=device, precision="bf16")
     return onednn, addmm
 
@@ -84,11 +87,13 @@ def run(args) -> None:
     name = args.model if args.size == "full" else MODELS[args.model]
     print(f"device: cpu ({cpu_name()}), CPU flags: {cpu_features()}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
-    if not inference.onednn_bf16_linear_available():
+    if not inference.onednn_has_bf16_linear():
         raise SystemExit("this CPU's oneDNN has no bf16 kernels: the Scorer keeps addmm here, nothing to compare")
     onednn, addmm = both_sides(name, device)
     swapped = sum(isinstance(m, inference.OneDNNLinear) for m in onednn.modules())
-    print(f"model: {name}, bf16, {swapped} linears through oneDNN; best of {args.iters} interleaved runs\n")
+    choice = "oneDNN" if inference.prefers_onednn_bf16_linear() else "addmm"
+    print(f"model: {name}, bf16, {swapped} linears through oneDNN (the Scorer's choice on this CPU: {choice}); "
+          f"best of {args.iters} interleaved runs\n")
     print("| batch | addmm s/image | oneDNN s/image | speed-up (median of run ratios) | max |score diff| |")
     print("|---|---|---|---|---|")
     for batch in args.batch:

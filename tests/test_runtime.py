@@ -71,6 +71,7 @@ CPU_KINDS = {
 @pytest.mark.parametrize("kind", CPU_KINDS)
 def test_auto_precision_on_each_cpu_kind_is_what_docs_say(kind, monkeypatch, tmp_path):
     from agiqa import runtime
+    from agiqa.scoring import inference
     from agiqa.semantic.mplug_owl2 import default_precision
 
     flags, expected = CPU_KINDS[kind]
@@ -84,6 +85,8 @@ def test_auto_precision_on_each_cpu_kind_is_what_docs_say(kind, monkeypatch, tmp
         assert resolve_precision("auto", torch.device("cpu")) == expected
         assert default_precision(torch.device("cpu")) == expected  # the mPLUG-Owl2 encoder's own default
         assert runtime.cpu_has_amx() == ("amx_bf16" in flags)
+        # bf16 linears through oneDNN on AMX CPUs only (docs/maniqa.md), where this PyTorch's oneDNN runs bf16
+        assert inference.prefers_onednn_bf16_linear() == ("amx_bf16" in flags and inference.onednn_has_bf16_linear())
         assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     finally:
         runtime.cpu_flags.cache_clear()

@@ -92,11 +92,11 @@ def test_maniqa_profile_splits_the_forward_into_kinds_of_work(capsys, monkeypatc
 
 @pytest.mark.parametrize("model", ["maniqa", "moe_agiqa"])
 def test_bench_linears_times_onednn_against_addmm_on_the_same_scores(capsys, monkeypatch, model):
-    from agiqa.scoring.inference import onednn_bf16_linear_available
+    from agiqa.scoring.inference import onednn_has_bf16_linear
 
     bench = load_script("bench_linears", monkeypatch)
     args = ["--size", "tiny", "--model", model, "--batch", "1", "2", "--crops", "2", "--iters", "2", "--threads", "1"]
-    if not onednn_bf16_linear_available():
+    if not onednn_has_bf16_linear():
         with pytest.raises(SystemExit, match="no bf16 kernels"):
             bench.main(args)
         return

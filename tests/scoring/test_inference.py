@@ -114,16 +114,17 @@ def _ops_called(model, inputs) -> set[str]:
 
 
 def test_bf16_linears_run_through_onednn_with_the_addmm_scores(monkeypatch):
-    """Where this CPU's oneDNN runs bf16, the kept bf16 linears call its fused-bias linear; scores are those of the
-    addmm path bit for bit, the state dict keeps its names."""
+    """On an AMX CPU the kept bf16 linears call oneDNN's fused-bias linear; scores are those of the addmm path bit for
+    bit, the state dict keeps its names."""
     from agiqa.scoring import inference
 
-    if not inference.onednn_bf16_linear_available():
-        pytest.skip("this CPU's oneDNN has no bf16 kernels: the layers stay nn.Linear (next test)")
+    if not inference.prefers_onednn_bf16_linear():
+        pytest.skip("not an AMX CPU with oneDNN bf16 kernels: the layers stay nn.Linear (the next test; which CPUs "
+                    "use it: tests/test_runtime.py::test_auto_precision_on_each_cpu_kind_is_what_docs_say)")
     for name, model, inputs in _tiny_models_and_inputs():
         fast = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
         with monkeypatch.context() as patch:
-            patch.setattr(inference, "onednn_bf16_linear_available", lambda: False)
+            patch.setattr(inference, "prefers_onednn_bf16_linear", lambda: False)
             plain = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
         swapped = [n for n, m in fast.named_modules() if isinstance(m, inference.OneDNNLinear)]
         assert swapped and not any(isinstance(m, inference.OneDNNLinear) for m in plain.modules()), name
@@ -134,14 +135,14 @@ def test_bf16_linears_run_through_onednn_with_the_addmm_scores(monkeypatch):
         assert list(fast.state_dict()) == list(model.state_dict()), name
 
 
-def test_onednn_linear_is_a_plain_linear_without_bf16_kernels_with_gradients_or_in_fp16(monkeypatch):
+def test_onednn_linear_is_a_plain_linear_off_amx_with_gradients_or_in_fp16(monkeypatch):
     from agiqa.scoring import inference
 
     name, model, inputs = _tiny_models_and_inputs()[0]
-    monkeypatch.setattr(inference, "onednn_bf16_linear_available", lambda: False)
+    monkeypatch.setattr(inference, "prefers_onednn_bf16_linear", lambda: False)
     kept = prepare_model(copy.deepcopy(model), device="cpu", precision="bf16")
     assert not any(isinstance(m, inference.OneDNNLinear) for m in kept.modules())
-    monkeypatch.setattr(inference, "onednn_bf16_linear_available", lambda: True)
+    monkeypatch.setattr(inference, "prefers_onednn_bf16_linear", lambda: True)
     fp16 = prepare_model(copy.deepcopy(model), device="cpu", precision="fp16")
     assert not any(isinstance(m, inference.OneDNNLinear) for m in fp16.modules())
 

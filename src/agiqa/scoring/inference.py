@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from agiqa.errors import InvalidOptionError
-from agiqa.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, torch_dtype
+from agiqa.runtime import (autocast, cpu_has_amx, keep_freed_memory, resolve_device, resolve_precision,
+                           torch_dtype)
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["inference_context", "prepare_model", "keep_low_precision_weights", "compile_options", "batched_forward",
-           "model_device", "OneDNNLinear", "onednn_bf16_linear_available"]
+           "model_device", "OneDNNLinear", "onednn_has_bf16_linear", "prefers_onednn_bf16_linear"]
 
 # Layers whose weights autocast casts to bf16/fp16 on every call.
 _AUTOCAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -87,14 +88,14 @@ def keep_low_precision_weights(model: nn.Module, precision: str) -> int:
 
     Autocast casts exactly these to the same dtype on every call (MANIQA bf16: ~17 % of a CPU forward), so the outputs
     under that precision are bit for bit the same; the fp32 parts (score heads, MoE-AGIQA's regressor) are not
-    listed there and stay fp32. The fp32 weights are gone: run the model under ``precision`` only. In bf16 on a CPU
-    whose oneDNN runs bf16 (:func:`onednn_bf16_linear_available`), those ``nn.Linear`` layers become
-    :class:`OneDNNLinear` (the bias fused into the GEMM; same scores).
+    listed there and stay fp32. The fp32 weights are gone: run the model under ``precision`` only. In bf16 on an AMX
+    CPU (:func:`prefers_onednn_bf16_linear`), those ``nn.Linear`` layers become :class:`OneDNNLinear` (the bias fused
+    into the GEMM; same scores).
     """
     if precision == "fp32":
         return 0
     dtype = torch_dtype(precision)
-    onednn = dtype == torch.bfloat16 and model_device(model).type == "cpu" and onednn_bf16_linear_available()
+    onednn = dtype == torch.bfloat16 and model_device(model).type == "cpu" and prefers_onednn_bf16_linear()
     cast = 0
     for name in getattr(model, "low_precision_modules", ()):
         for layer in model.get_submodule(name).modules():
@@ -123,11 +124,18 @@ class OneDNNLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, self.bias, "none", [], "")
 
 
-def onednn_bf16_linear_available() -> bool:
+def onednn_has_bf16_linear() -> bool:
     """True when this PyTorch build has oneDNN's fused linear and this CPU runs its bf16 kernels."""
     mkldnn = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")
             and bool(mkldnn._is_mkldnn_bf16_supported()))
+
+
+def prefers_onednn_bf16_linear() -> bool:
+    """True where :class:`OneDNNLinear` is used for bf16: CPUs with AMX tiles (where it was measured: faster, the
+    same scores) whose oneDNN has the bf16 linear. Elsewhere (AVX512-BF16 without AMX: not measured) ``addmm`` stays;
+    ``benchmarks/bench_linears.py`` compares the two on any CPU whose oneDNN runs bf16."""
+    return cpu_has_amx() and onednn_has_bf16_linear()
 
 
 def compile_options(mode: str | None, device: torch.device) -> dict:
