@@ -7,9 +7,9 @@
 Both sides are the same seeded random-weight model prepared as the Scorer prepares it in bf16 (trunk weights kept in
 bf16), the oneDNN side with ``prefers_onednn_bf16_linear`` switched on (the Scorer switches it on only on AMX CPUs:
 run this on another CPU with bf16 kernels, e.g. Zen 4, to see whether it should), the addmm side with it switched
-off. Each timed run does one
-forward of each side back to back (the order alternates), so a busy spell on a shared machine hits both: the ratio
-is the median of the per-run ratios, times are best-of. The scores of both sides are compared element by element.
+off. Each timed run does one forward of each side back to back (the order alternates), so a busy spell on a shared
+machine hits both: the ratio is the median of the per-run ratios, times are best-of. The scores of both sides are
+compared element by element.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from bench_maniqa import add_machine_arguments, cpu_features, cpu_name
+from bench_moe_agiqa import OFFLINE as MOE_OFFLINE
 from agiqa.data.synth import prompt_vocabulary
 from agiqa.models import create_model
 from agiqa.runtime import resolve_device
@@ -33,8 +34,6 @@ from agiqa.scoring import inference
 from agiqa.scoring.inference import inference_context, prepare_model
 
 MODELS = {"maniqa": "test_maniqa", "moe_agiqa": "test_moe_agiqa"}
-# Config fields that would read or fetch weights or a tokenizer while MoE-AGIQA is built, switched off.
-MOE_OFFLINE = dict(backbone_pretrained=False, prior_checkpoint=None, semantic_checkpoint=None, tokenizer="synth")
 
 
 def build(name: str) -> torch.nn.Module:
